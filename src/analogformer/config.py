@@ -1,0 +1,285 @@
+"""Small dataclass configs, one per concern, composed into `AnalogConfig`.
+
+Every config validates itself in `__post_init__` and raises `ValueError` naming the field
+and the fix. `None` means "off". Units are in the field names. Configs round-trip through
+plain dicts (`to_dict` / `from_dict`), which is what YAML study files use; unknown keys are
+errors that list the allowed ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional, Tuple
+
+
+def _fail(cls_name: str, name: str, msg: str) -> None:
+    raise ValueError(f"{cls_name}.{name}: {msg}")
+
+
+def _check_positive(obj, name: str, allow_none: bool = False, integer: bool = False) -> None:
+    v = getattr(obj, name)
+    cls = type(obj).__name__
+    if v is None:
+        if allow_none:
+            return
+        _fail(cls, name, "must be set (got None)")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        _fail(cls, name, f"must be a number, got {type(v).__name__} {v!r}")
+    if integer and int(v) != v:
+        _fail(cls, name, f"must be an integer, got {v!r}")
+    if not math.isfinite(v) or v <= 0:
+        hint = " (use null/None to switch it off)" if allow_none else ""
+        _fail(cls, name, f"must be > 0, got {v!r}{hint}")
+
+
+def _check_nonneg(obj, name: str, allow_none: bool = False) -> None:
+    v = getattr(obj, name)
+    cls = type(obj).__name__
+    if v is None and allow_none:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        _fail(cls, name, f"must be a finite number >= 0, got {v!r}")
+
+
+def _check_choice(obj, name: str, choices) -> None:
+    v = getattr(obj, name)
+    if v not in choices:
+        _fail(type(obj).__name__, name, f"must be one of {sorted(choices)}, got {v!r}")
+
+
+@dataclass
+class PCMConfig:
+    """PCM device model of SPEC §2 (aihwkit's `PCMLikeNoiseModel` constants).
+
+    `gamma` scales programming and read noise (1.0 = today's devices, 0.5 = improved).
+    The three switches turn one physical effect off each, for ablations and exact tests.
+    """
+
+    g_max_us: float = 25.0
+    prog_coeffs_us: Tuple[float, float, float] = (0.26348, 1.9650, -1.1731)  # for g_max = 25 µS
+    t0_seconds: float = 20.0
+    t_read_seconds: float = 250e-9
+    gamma: float = 1.0
+    prog_noise: bool = True
+    drift: bool = True
+    drift_spread: bool = True  # sample ν with σ_ν; False uses ν = μ_ν (deterministic drift)
+    read_noise: bool = True
+    # drift exponent: μ_ν = clamp(a·ln g_rel + b, lo, hi), σ_ν likewise
+    nu_mean_coeffs: Tuple[float, float] = (-0.0155, 0.0244)
+    nu_mean_clamp: Tuple[float, float] = (0.049, 0.1)
+    nu_std_coeffs: Tuple[float, float] = (-0.0125, -0.0059)
+    nu_std_clamp: Tuple[float, float] = (0.008, 0.045)
+    # 1/f read noise: Q_s = min(a / max(g/g_max, floor)^p, cap)
+    read_noise_coeff: float = 0.0088
+    read_noise_exponent: float = 0.65
+    read_noise_cap: float = 0.2
+
+    def __post_init__(self):
+        for n in ("g_max_us", "t0_seconds", "t_read_seconds"):
+            _check_positive(self, n)
+        _check_nonneg(self, "gamma")
+        self.prog_coeffs_us = tuple(float(c) for c in self.prog_coeffs_us)
+        if len(self.prog_coeffs_us) != 3:
+            _fail("PCMConfig", "prog_coeffs_us", "needs exactly 3 coefficients (c0, c1, c2)")
+        for n in ("nu_mean_coeffs", "nu_mean_clamp", "nu_std_coeffs", "nu_std_clamp"):
+            v = tuple(float(c) for c in getattr(self, n))
+            if len(v) != 2:
+                _fail("PCMConfig", n, "needs exactly 2 numbers")
+            setattr(self, n, v)
+        for n in ("nu_mean_clamp", "nu_std_clamp"):
+            lo, hi = getattr(self, n)
+            if not 0 <= lo <= hi:
+                _fail("PCMConfig", n, f"must satisfy 0 <= low <= high, got {(lo, hi)}")
+
+
+@dataclass
+class TileConfig:
+    """Crossbar geometry and how a weight matrix is cut into tiles.
+
+    `split_policy`: "balanced" cuts a dimension into the fewest tiles of near-equal size
+    (aihwkit's way); "fill_first" fills whole tiles first (512, 512, rest), the
+    "512-first" policy of seed 000. `weight_scale`: one conductance scale per "tile" or
+    per "column" of each tile.
+    """
+
+    rows: int = 512
+    cols: int = 512
+    split_policy: str = "balanced"
+    weight_scale: str = "tile"
+
+    def __post_init__(self):
+        _check_positive(self, "rows", integer=True)
+        _check_positive(self, "cols", integer=True)
+        self.rows, self.cols = int(self.rows), int(self.cols)
+        _check_choice(self, "split_policy", {"balanced", "fill_first"})
+        _check_choice(self, "weight_scale", {"tile", "column"})
+
+
+@dataclass
+class DACConfig:
+    """Input DAC: `bits` symmetric levels over a per-layer range [-r, r].
+
+    r starts at `init_range` and is normally set from data (`calibrate_input_ranges`) and
+    learned during HWA training. `bits=None` switches the DAC off entirely (no clipping,
+    no quantization, inputs pass as they are).
+    """
+
+    bits: Optional[int] = 8
+    init_range: float = 3.0
+
+    def __post_init__(self):
+        _check_positive(self, "bits", allow_none=True, integer=True)
+        _check_positive(self, "init_range")
+
+
+@dataclass
+class ADCConfig:
+    """Output ADC over [-bound, bound] in units of (input 1 on one row × weight 1).
+
+    `bits=None` switches ADC quantization and saturation off.
+    `output_noise_std`: Gaussian read-out noise per tile output in the same units.
+    """
+
+    bits: Optional[int] = 10
+    bound: float = 10.0
+    output_noise_std: Optional[float] = 0.04
+
+    def __post_init__(self):
+        _check_positive(self, "bits", allow_none=True, integer=True)
+        _check_positive(self, "bound")
+        _check_positive(self, "output_noise_std", allow_none=True)
+
+
+@dataclass
+class CompensationConfig:
+    """Global drift compensation (seed 001 §2.2.1): one factor per "tile" or "column"."""
+
+    enabled: bool = True
+    granularity: str = "tile"
+
+    def __post_init__(self):
+        _check_choice(self, "granularity", {"tile", "column"})
+
+
+DEFAULT_EXCLUDE = (r"(^|\.)classifier(\.|$)", r"(^|\.)lm_head$", r"(^|\.)pooler\.dense$",
+                   r"(^|\.)qa_outputs$", r"(^|\.)score$", r"(^|\.)pre_classifier$")
+
+
+@dataclass
+class AnalogConfig:
+    """Everything `analogize` needs: device, tiles, periphery, compensation, targets."""
+
+    pcm: PCMConfig = field(default_factory=PCMConfig)
+    tile: TileConfig = field(default_factory=TileConfig)
+    dac: DACConfig = field(default_factory=DACConfig)
+    adc: ADCConfig = field(default_factory=ADCConfig)
+    compensation: CompensationConfig = field(default_factory=CompensationConfig)
+    include: Tuple[str, ...] = ()  # regexes on module names; empty = every Linear/Conv1D
+    exclude: Tuple[str, ...] = DEFAULT_EXCLUDE
+
+    def __post_init__(self):
+        for name, cls in (("pcm", PCMConfig), ("tile", TileConfig), ("dac", DACConfig),
+                          ("adc", ADCConfig), ("compensation", CompensationConfig)):
+            v = getattr(self, name)
+            if isinstance(v, dict):
+                setattr(self, name, from_dict(cls, v, prefix=f"analog.{name}"))
+            elif not isinstance(v, cls):
+                _fail("AnalogConfig", name, f"must be a {cls.__name__}, got {type(v).__name__}")
+        for n in ("include", "exclude"):
+            v = getattr(self, n)
+            if isinstance(v, str) or not all(isinstance(p, str) for p in v):
+                _fail("AnalogConfig", n, "must be a list of regex strings")
+            setattr(self, n, tuple(v))
+
+    @classmethod
+    def ideal(cls) -> "AnalogConfig":
+        """Every non-ideality off: an analogized model computes exactly what nn.Linear does."""
+        return cls(pcm=PCMConfig(prog_noise=False, drift=False, read_noise=False),
+                   dac=DACConfig(bits=None),
+                   adc=ADCConfig(bits=None, output_noise_std=None),
+                   compensation=CompensationConfig(enabled=False))
+
+
+# ---------------------------------------------------------------- dict round trip
+
+def to_dict(cfg) -> dict:
+    """Dataclass -> plain dict of builtins (tuples become lists), for YAML."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            v = to_dict(v)
+        elif isinstance(v, tuple):
+            v = [to_dict(x) if dataclasses.is_dataclass(x) else x for x in v]
+        elif isinstance(v, dict):
+            v = {k: (to_dict(x) if dataclasses.is_dataclass(x) else x) for k, x in v.items()}
+        out[f.name] = v
+    return out
+
+
+def _type_ok(value: Any, tp) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (tuple, list, typing.Tuple, typing.List):
+        return isinstance(value, (list, tuple))
+    if origin is dict:
+        return isinstance(value, dict)
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True
+
+
+def _describe(tp) -> str:
+    return str(tp).replace("typing.", "").replace("NoneType", "null")
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build dataclass `cls` from a dict, strictly: unknown keys and wrong types are errors."""
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{prefix or cls.__name__}: unknown key(s) {unknown}; "
+                         f"allowed: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        key = f"{prefix}.{name}" if prefix else name
+        sub = _dataclass_in(tp)
+        if sub is not None and isinstance(value, dict):
+            kwargs[name] = from_dict(sub, value, prefix=key)
+            continue
+        if not _type_ok(value, tp):
+            raise ValueError(f"{key}: expected {_describe(tp)}, got {type(value).__name__} {value!r}")
+        if isinstance(value, list) and typing.get_origin(tp) in (tuple, typing.Tuple):
+            value = tuple(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        raise ValueError(f"{prefix + ': ' if prefix else ''}{e}") from None
+
+
+def _dataclass_in(tp):
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for a in typing.get_args(tp) or ():
+        if dataclasses.is_dataclass(a):
+            return a
+    return None

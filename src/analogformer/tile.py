@@ -1,0 +1,82 @@
+"""Tile partition of a weight matrix and the DAC / ADC quantizers.
+
+A tile partition is a split of one tensor (sizes along rows = inputs and columns =
+outputs), never a module per tile. Quantizers use straight-through gradients.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Sequence
+
+import torch
+
+
+def split_sizes(n: int, tile: int, policy: str = "balanced") -> List[int]:
+    """Sizes of the pieces a dimension of length `n` is cut into for tiles of size `tile`.
+
+    "balanced": the fewest tiles (ceil(n / tile)), sizes differing by at most one
+    (aihwkit's split); "fill_first": full tiles first, the remainder last (seed 000's
+    "512-first"). Both use the same number of tiles; they differ in how full each is.
+    """
+    if not isinstance(n, int) or n <= 0:
+        raise ValueError(f"split_sizes: dimension must be a positive int, got {n!r}")
+    if not isinstance(tile, int) or tile <= 0:
+        raise ValueError(f"split_sizes: tile size must be a positive int, got {tile!r}")
+    k = math.ceil(n / tile)
+    if policy == "balanced":
+        base, extra = divmod(n, k)
+        return [base + 1] * extra + [base] * (k - extra)
+    if policy == "fill_first":
+        return [tile] * (k - 1) + [n - tile * (k - 1)]
+    raise ValueError(f"split_sizes: unknown policy {policy!r}; use 'balanced' or 'fill_first'")
+
+
+def split_offsets(sizes: Sequence[int]) -> List[int]:
+    out, acc = [], 0
+    for s in sizes:
+        out.append(acc)
+        acc += s
+    return out
+
+
+def _levels(bits: int) -> int:
+    """Positive levels of a symmetric signed quantizer with `bits` bits (e.g. 8 -> 127)."""
+    return 2 ** (bits - 1) - 1
+
+
+def quantize_symmetric(x: torch.Tensor, bits: int, bound) -> torch.Tensor:
+    """Clip to [-bound, bound] and round to 2^(bits-1)-1 levels per side.
+
+    Straight-through estimator: the rounding passes gradients unchanged; clipping passes
+    gradient only inside the range (a value that saturates gets no gradient). `bound` may
+    be a tensor (learned range) and receives gradient through the clipped values.
+    """
+    n = _levels(bits)
+    clipped = torch.maximum(torch.minimum(x, bound), -bound) if torch.is_tensor(bound) \
+        else x.clamp(-bound, bound)
+    step = bound / n
+    q = torch.round(clipped / step) * step
+    if torch.is_grad_enabled() and x.requires_grad:
+        return clipped + (q - clipped).detach()
+    return q
+
+
+def dac_normalize(x: torch.Tensor, input_range: torch.Tensor, bits: int) -> torch.Tensor:
+    """DAC: inputs -> integer-valued levels in [-L, L] scaled to [-1, 1] units of r.
+
+    Returns x_q / r, i.e. the normalized input the crossbar rows see. Gradient flows to x
+    inside the range (STE) and to r through the division for in-range values; the caller
+    multiplies the output by r again so clipped inputs give r its gradient (as in PACT).
+    """
+    n = _levels(bits)
+    xn = x / input_range
+    clipped = xn.clamp(-1.0, 1.0)
+    q = torch.round(clipped * n) / n
+    if torch.is_grad_enabled() and (x.requires_grad or input_range.requires_grad):
+        return clipped + (q - clipped).detach()
+    return q
+
+
+def adc_quantize(y: torch.Tensor, bits: int, bound: float) -> torch.Tensor:
+    """ADC over [-bound, bound] with 2^(bits-1)-1 levels per side (STE gradient)."""
+    return quantize_symmetric(y, bits, bound)
