@@ -234,3 +234,22 @@ def test_filter_matching_nothing_is_an_error():
         af.drift(af.analogize(tiny("bert")), -5)
     with pytest.raises(ValueError, match="no AnalogLinear"):
         af.program(tiny("bert"), 0)
+
+
+@pytest.mark.parametrize("pool", [2 ** 16, None])
+def test_output_noise_sigma_in_normalized_units(pool):
+    cfg = af.AnalogConfig(pcm=PCMConfig(prog_noise=False, read_noise=False, drift=False),
+                          dac=DACConfig(bits=None), adc=ADCConfig(bits=None, output_noise_std=0.05,
+                                                                 noise_pool_size=pool))
+    layer, lin = _layer(cfg, 64, 128)
+    layer.input_range.data.fill_(2.0)
+    x = torch.randn(256, 64, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        af.program(nn.Sequential(layer), 0)
+        e1 = (layer(x) - lin(x)) / (2.0 * layer._w_scale)  # back to normalized output units
+        e2 = (layer(x) - lin(x)) / (2.0 * layer._w_scale)
+    n = e1.numel()
+    assert abs(e1.std().item() / 0.05 - 1) < 4 / math.sqrt(2 * n) + 1e-3
+    assert abs(e1.mean().item()) < 4 * 0.05 / math.sqrt(n)
+    assert torch.unique(e1).numel() > 0.99 * n  # distinct draws within one call
+    assert not torch.equal(e1, e2)

@@ -141,16 +141,23 @@ class ADCConfig:
 
     `bits=None` switches ADC quantization and saturation off.
     `output_noise_std`: Gaussian read-out noise per tile output in the same units.
+    `noise_pool_size`: in programmed inference, output noise is read from a pool of this
+    many i.i.d. N(0, 1) samples drawn at `program` time (one pool per model), at a random
+    offset per call: all values within one call are distinct draws, and the pool spares
+    the CPU a `randn` that costs ~30 % of a 512×512 matmul. `None` draws fresh noise on
+    every call (training always does).
     """
 
     bits: Optional[int] = 10
     bound: float = 10.0
     output_noise_std: Optional[float] = 0.04
+    noise_pool_size: Optional[int] = 2 ** 23
 
     def __post_init__(self):
         _check_positive(self, "bits", allow_none=True, integer=True)
         _check_positive(self, "bound")
         _check_positive(self, "output_noise_std", allow_none=True)
+        _check_positive(self, "noise_pool_size", allow_none=True, integer=True)
 
 
 @dataclass

@@ -36,8 +36,15 @@ def program(model: nn.Module, seed: int = 0) -> nn.Module:
     and the compensation reference. A new seed is an independent device instance."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"program: seed must be an int, got {seed!r}")
-    for i, (_, layer) in enumerate(_require_analog(model, "program")):
+    layers = _require_analog(model, "program")
+    pool_sizes = [l.config.adc.noise_pool_size for _, l in layers
+                  if l.config.adc.output_noise_std is not None and l.config.adc.noise_pool_size]
+    pool = None
+    if pool_sizes:  # one output-noise pool per model and device instance
+        pool = torch.randn(max(pool_sizes), generator=layer_generator(seed, len(layers)))
+    for i, (_, layer) in enumerate(layers):
         layer.program(layer_generator(seed, i))
+        layer._noise_pool = pool if layer.config.adc.noise_pool_size else None
     return model
 
 

@@ -76,6 +76,7 @@ class AnalogLinear(nn.Linear):
         for buf in ("_g_prog", "_nu", "_w_scale", "_w_read", "_out_scale", "_comp_ref"):
             self.register_buffer(buf, None, persistent=False)
         self._generator: Optional[torch.Generator] = None
+        self._noise_pool: Optional[torch.Tensor] = None  # shared by all layers of a model
         self.t_seconds: Optional[float] = None
 
     # ------------------------------------------------------------------ construction
@@ -138,8 +139,19 @@ class AnalogLinear(nn.Linear):
         c = self.config
         return c.dac.bits is None and c.adc.bits is None and c.adc.output_noise_std is None
 
-    def _noise_generator(self) -> Optional[torch.Generator]:
-        return None if self.training else self._generator
+    def _output_noise(self, shape, dtype, device) -> torch.Tensor:
+        """N(0, 1) of `shape`: a window of the programmed pool at a random offset in
+        programmed inference, fresh draws otherwise (training: global RNG)."""
+        pool = self._noise_pool
+        n = 1
+        for d in shape:
+            n *= d
+        if self.training or self._generator is None:
+            return torch.randn(shape, dtype=dtype, device=device)
+        if pool is None or n > pool.numel():
+            return torch.randn(shape, generator=self._generator, dtype=dtype, device=device)
+        start = int(torch.randint(0, pool.numel() - n + 1, (1,), generator=self._generator))
+        return pool[start:start + n].view(shape)
 
     def _dac(self, x: torch.Tensor):
         """-> (x_d, unit): the values driven onto the rows and the size of one unit of
@@ -169,11 +181,11 @@ class AnalogLinear(nn.Linear):
         normalized output units. -> (codes, size of one code in normalized units)."""
         adc = self.config.adc
         if adc.output_noise_std is not None:
-            noise = torch.randn(y.shape, generator=self._noise_generator(), dtype=y.dtype, device=y.device)
+            noise = self._output_noise(y.shape, y.dtype, y.device)
             if torch.is_grad_enabled():
                 y = y + noise * (adc.output_noise_std / unit)
             else:
-                y = y.add_(noise.mul_(adc.output_noise_std / unit))
+                y = y.add_(noise, alpha=float(adc.output_noise_std / unit))
         if adc.bits is None:
             return y, unit
         if torch.is_grad_enabled():
@@ -198,12 +210,14 @@ class AnalogLinear(nn.Linear):
             y = torch.bmm(self._rows_to_tiles(xd), wn)
         y, unit = self._adc(y, unit)
         gain = scale.unsqueeze(1) * (self.input_range * unit)  # (K, 1, out)
-        if len(self.row_sizes) == 1:
-            out = y[0] * gain[0]
+        if len(self.row_sizes) > 1:
+            y, gain = (y * gain).sum(0), 1.0
         else:
-            out = (y * gain).sum(0)
+            y, gain = y[0], gain[0]
         if self.bias is not None:
-            out = out + self.bias
+            out = torch.addcmul(self.bias, y, gain) if torch.is_tensor(gain) else y + self.bias
+        else:
+            out = y * gain
         return out.reshape(*shape[:-1], self.out_features)
 
     # ------------------------------------------------------------------ life cycle
@@ -265,4 +279,5 @@ class AnalogLinear(nn.Linear):
         for buf in ("_g_prog", "_nu", "_w_scale", "_w_read", "_out_scale", "_comp_ref"):
             setattr(self, buf, None)
         self._generator = None
+        self._noise_pool = None
         self.t_seconds = None
