@@ -253,3 +253,23 @@ def test_output_noise_sigma_in_normalized_units(pool):
     assert abs(e1.mean().item()) < 4 * 0.05 / math.sqrt(n)
     assert torch.unique(e1).numel() > 0.99 * n  # distinct draws within one call
     assert not torch.equal(e1, e2)
+
+
+def test_set_compensation_is_paired_and_read_seed_reproducible():
+    layer, _ = _layer(af.AnalogConfig())
+    m = nn.Sequential(layer)
+    x = torch.randn(8, 96, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        af.program(m, 0)
+        af.drift(m, 86400, read_seed=11)
+        w_read, factor = layer._w_read.clone(), layer._comp_factor.clone()
+        y_comp = m(x)
+        af.set_compensation(m, False)
+        assert torch.equal(layer._w_read, w_read)  # same conductances, only the digital scale changes
+        assert torch.allclose(layer._out_scale, layer._w_scale)
+        af.set_compensation(m, True)
+        assert torch.allclose(layer._out_scale, layer._w_scale * factor)
+        assert factor.mean() > 1.2  # one day of drift: the reference is ~25 % above the read
+        af.drift(m, 3600)  # an unrelated read in between
+        af.drift(m, 86400, read_seed=11)
+        assert torch.equal(layer._w_read, w_read) and torch.equal(m(x), y_comp)

@@ -48,14 +48,30 @@ def program(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def drift(model: nn.Module, t_seconds: float) -> nn.Module:
-    """Conductances at `t_seconds` after programming (fresh read noise each call) with
-    drift compensation where the layer's config enables it."""
+def drift(model: nn.Module, t_seconds: float, read_seed: Optional[int] = None) -> nn.Module:
+    """Conductances at `t_seconds` after programming, with drift compensation where the
+    layer's config enables it.
+
+    Each call draws fresh 1/f read noise from the generators `program` seeded. With
+    `read_seed`, the generators are re-seeded from (read_seed, layer) first, so this read
+    (and the output noise of the forwards that follow) is reproducible on its own, whatever
+    reads came before: that is how an interrupted sweep resumes with identical draws.
+    """
     if isinstance(t_seconds, bool) or not isinstance(t_seconds, (int, float)) \
             or not math.isfinite(t_seconds) or t_seconds < 0:
         raise ValueError(f"drift: t_seconds must be a finite number >= 0, got {t_seconds!r}")
-    for _, layer in _require_analog(model, "drift"):
+    for i, (_, layer) in enumerate(_require_analog(model, "drift")):
+        if read_seed is not None and layer.programmed:
+            layer._generator = layer_generator(read_seed, i)
         layer.drift(float(t_seconds))
+    return model
+
+
+def set_compensation(model: nn.Module, enabled: bool) -> nn.Module:
+    """Switch drift compensation on/off for the current read without re-reading."""
+    for _, layer in _require_analog(model, "set_compensation"):
+        layer.config.compensation.enabled = bool(enabled)
+        layer.set_compensation(bool(enabled))
     return model
 
 

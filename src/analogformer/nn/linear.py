@@ -23,7 +23,8 @@ batched matmul. Column tiles need no split: their ADC and scales act per column.
 
 Programmed state per layer (non-persistent buffers, float32), in bytes per weight:
 G+ and G− programmed (8), drift exponents ν± (8), current read weights (4) = 20 B/weight,
-plus one scale per (row tile, column). Nothing is kept when the layer is not programmed.
+plus a few (row tile, column) vectors (scale, compensation reference and factor), and one
+shared output-noise pool per model (`ADCConfig.noise_pool_size` floats, 32 MiB default). Nothing is kept when the layer is not programmed.
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ class AnalogLinear(nn.Linear):
             self.register_buffer("_pad_index", torch.tensor(idx, device=device), persistent=False)
         else:
             self._pad_index = None
-        for buf in ("_g_prog", "_nu", "_w_scale", "_w_read", "_out_scale", "_comp_ref"):
+        for buf in ("_g_prog", "_nu", "_w_scale", "_w_read", "_out_scale", "_comp_ref", "_comp_factor"):
             self.register_buffer(buf, None, persistent=False)
         self._generator: Optional[torch.Generator] = None
         self._noise_pool: Optional[torch.Tensor] = None  # shared by all layers of a model
@@ -239,6 +240,7 @@ class AnalogLinear(nn.Linear):
         # the reference is kept whether or not compensation is on, so one programmed
         # instance can be evaluated with and without it
         self._comp_ref = self._readout_level()
+        self._comp_factor = torch.ones_like(scale)
         self._out_scale = scale.clone()
 
     @torch.no_grad()
@@ -253,10 +255,16 @@ class AnalogLinear(nn.Linear):
         torch.sub(g[0], g[1], out=self._w_read).div_(cfg.g_max_us)
         del g
         self.t_seconds = float(t_seconds)
-        if self.config.compensation.enabled:
-            self._out_scale = self._w_scale * (self._comp_ref / self._readout_level().clamp_min(1e-12))
-        else:
-            self._out_scale = self._w_scale.clone()
+        # the compensation read is always taken, so switching compensation on/off later
+        # (`set_compensation`) evaluates the very same conductances both ways
+        self._comp_factor = self._comp_ref / self._readout_level().clamp_min(1e-12)
+        self.set_compensation(self.config.compensation.enabled)
+
+    def set_compensation(self, enabled: bool) -> None:
+        """Apply (or drop) the drift-compensation factor of the current read."""
+        if not self.programmed:
+            raise ValueError(f"AnalogLinear {self.name or '<unnamed>'}: set_compensation() before program()")
+        self._out_scale = self._w_scale * self._comp_factor if enabled else self._w_scale.clone()
 
     @torch.no_grad()
     def _readout_level(self) -> torch.Tensor:
@@ -276,7 +284,7 @@ class AnalogLinear(nn.Linear):
 
     def unprogram(self) -> None:
         """Drop the programmed state: back to live (ideal-device) weights."""
-        for buf in ("_g_prog", "_nu", "_w_scale", "_w_read", "_out_scale", "_comp_ref"):
+        for buf in ("_g_prog", "_nu", "_w_scale", "_w_read", "_out_scale", "_comp_ref", "_comp_factor"):
             setattr(self, buf, None)
         self._generator = None
         self._noise_pool = None
