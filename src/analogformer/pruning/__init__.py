@@ -1,0 +1,23 @@
+"""Pruning for analog tiles: MAC-contribution analysis (seed 000), baseline criteria
+(seed 003), hard masks for retraining, ADMM, and physical removal of FFN units."""
+from .admm import ADMMPruner
+from .compact import CompactResult, compact, load_compacted, resize_ffn
+from .criteria import (MaskContext, compute_masks, mask_context, masks_from_weights, prune,
+                       unit_scores)
+from .mac import (LayerStats, MacStats, calibrate, capture_frames, mac_delta,
+                  mac_unit_scores, product_elements)
+from .masks import PruningMasks
+from .plots import plot_delta_heatmap, plot_product_curves
+from .prune_config import CRITERIA, SCOPES, STRUCTURES, PruneConfig
+from .targets import (BLOCKS, DEFAULT_EXCLUDE, FFNGroup, analog_matrices, block_of,
+                      ffn_groups, find_targets, linear_weight)
+
+__all__ = [
+    "ADMMPruner", "BLOCKS", "CRITERIA", "CompactResult", "DEFAULT_EXCLUDE", "FFNGroup",
+    "LayerStats", "MacStats", "MaskContext", "PruneConfig", "PruningMasks", "SCOPES",
+    "STRUCTURES", "analog_matrices", "block_of", "calibrate", "capture_frames", "compact",
+    "compute_masks", "ffn_groups", "find_targets", "linear_weight", "load_compacted",
+    "mac_delta", "mac_unit_scores", "mask_context", "masks_from_weights",
+    "plot_delta_heatmap", "plot_product_curves", "product_elements", "prune", "resize_ffn",
+    "unit_scores",
+]

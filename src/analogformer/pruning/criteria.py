@@ -1,0 +1,213 @@
+"""Pruning criteria and structures -> boolean masks.
+
+Scores are computed per *unit* (a crossbar row = input, a crossbar column = output, a
+single weight, or a block of `block_shape`); the lowest-scoring units are removed. A
+larger score always means "more important". Ranking is per matrix (scope "layer") or over
+all matrices of a block together (scope "global", seed 000's cross-layer ranking).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .mac import LayerStats, MacStats
+from .masks import PruningMasks
+from .prune_config import PruneConfig
+from .targets import FFNGroup, analog_matrices, ffn_groups, find_targets, linear_weight
+
+
+def _block_sum(t: torch.Tensor, block_shape: Tuple[int, int]) -> torch.Tensor:
+    """Sum of t (out, in) over blocks of (rows=inputs, cols=outputs) -> (n_out_b, n_in_b)."""
+    br, bc = block_shape
+    out, inp = t.shape
+    no, ni = math.ceil(out / bc), math.ceil(inp / br)
+    padded = t.new_zeros(no * bc, ni * br)
+    padded[:out, :inp] = t
+    return padded.reshape(no, bc, ni, br).sum(dim=(1, 3))
+
+
+def _expand_blocks(keep: torch.Tensor, block_shape: Tuple[int, int],
+                   shape: Tuple[int, int]) -> torch.Tensor:
+    br, bc = block_shape
+    full = keep.repeat_interleave(bc, 0).repeat_interleave(br, 1)
+    return full[: shape[0], : shape[1]]
+
+
+def unit_scores(weight: torch.Tensor, cfg: PruneConfig,
+                stats: Optional[LayerStats] = None) -> torch.Tensor:
+    """Importance of each unit of `weight` (out, in) for cfg.criterion / cfg.structure.
+
+    Shapes: rows -> (in,), columns -> (out,), irregular -> (out, in),
+    blocks -> (ceil(out/cols), ceil(in/rows)) for block_shape = (rows, cols).
+    """
+    w = weight.detach().double()
+    crit, struct = cfg.criterion, cfg.structure
+    if crit in ("mac", "activation") and stats is None:
+        raise ValueError(f"criterion {crit!r} needs calibration statistics: pass "
+                         "stats=calibrate(model, batches, cfg)")
+    if crit == "mac":
+        return (stats.row_score if struct == "rows" else stats.col_score).double()
+    if crit == "magnitude":
+        return w.abs()
+    if crit == "l1":
+        a = w.abs()
+    elif crit == "l2":
+        a = w * w
+    else:  # activation-aware: |W_ij| * ||x_j||_2
+        a = w.abs() * stats.input_norm.double().unsqueeze(0)
+    if struct == "rows":
+        s = a.sum(0)
+    elif struct == "columns":
+        s = a.sum(1)
+    elif struct == "blocks":
+        s = _block_sum(a, cfg.block_shape)
+    else:
+        s = a
+    return s.sqrt() if crit == "l2" else s
+
+
+def _keep_from_scores(scores: Sequence[torch.Tensor], ratio: float,
+                      scope: str) -> List[torch.Tensor]:
+    """Boolean keep tensors: the round(ratio·n) lowest scores are removed."""
+    if scope == "layer":
+        out = []
+        for s in scores:
+            k = int(round(ratio * s.numel()))
+            keep = torch.ones(s.numel(), dtype=torch.bool)
+            keep[torch.argsort(s.flatten(), stable=True)[:k]] = False
+            out.append(keep.reshape(s.shape))
+        return out
+    flat = torch.cat([s.flatten() for s in scores])
+    k = int(round(ratio * flat.numel()))
+    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    keep[torch.argsort(flat, stable=True)[:k]] = False
+    out, i = [], 0
+    for s in scores:
+        out.append(keep[i:i + s.numel()].reshape(s.shape))
+        i += s.numel()
+    return out
+
+
+def _propagate_ffn(wm: Dict[str, torch.Tensor], bm: Dict[str, torch.Tensor],
+                   groups: Sequence[FFNGroup], shapes: Dict[str, Tuple[int, int]],
+                   has_bias: Dict[str, bool]) -> None:
+    """Kill an FFN intermediate unit j everywhere once it is dead anywhere.
+
+    j is dead if FC2's input row j is fully masked, or an FC1's output column j is fully
+    masked together with its bias entry (act(0) = 0 for GELU/ReLU/SiLU, so the unit
+    then contributes nothing). Dead units are masked in FC2 rows, FC1 columns, FC1 bias.
+    """
+    for g in groups:
+        if not any(n in wm for n in (g.fc2,) + g.fc1):
+            continue
+        for n in (g.fc2,) + g.fc1:
+            if n not in wm:
+                wm[n] = torch.ones(shapes[n], dtype=torch.bool)
+        for n in g.fc1:
+            if has_bias[n] and n not in bm:
+                bm[n] = torch.ones(shapes[n][0], dtype=torch.bool)
+        dead = ~wm[g.fc2].any(0)
+        for n in g.fc1:
+            col_dead = ~wm[n].any(1)
+            if has_bias[n]:
+                col_dead &= ~bm[n]
+            dead |= col_dead
+        wm[g.fc2][:, dead] = False
+        for n in g.fc1:
+            wm[n][dead, :] = False
+            if has_bias[n]:
+                bm[n][dead] = False
+
+
+def masks_from_weights(weights: Dict[str, torch.Tensor], blocks: Dict[str, str],
+                       cfg: PruneConfig, stats: Optional[MacStats] = None,
+                       groups: Sequence[FFNGroup] = (),
+                       shapes: Optional[Dict[str, Tuple[int, int]]] = None,
+                       has_bias: Optional[Dict[str, bool]] = None) -> PruningMasks:
+    """Masks for weights {name: (out, in)} whose blocks are {name: block}.
+
+    `groups` / `shapes` / `has_bias` describe the FFN pairs for coupled pruning (shapes
+    and bias flags of every module in a group, targeted or not).
+    """
+    shapes = dict(shapes or {n: tuple(w.shape) for n, w in weights.items()})
+    has_bias = dict(has_bias or {})
+    names = list(weights)
+    # LLaMA: gate and up columns are one intermediate unit -> score them jointly.
+    joint: Dict[str, Tuple[str, ...]] = {n: (n,) for n in names}
+    if cfg.coupled_ffn and cfg.structure == "columns":
+        for g in groups:
+            fc1 = tuple(n for n in g.fc1 if n in weights)
+            if len(fc1) > 1:
+                for n in fc1[1:]:
+                    joint.pop(n, None)
+                joint[fc1[0]] = fc1
+    wm: Dict[str, torch.Tensor] = {}
+    bm: Dict[str, torch.Tensor] = {}
+    by_block: Dict[str, List[Tuple[Tuple[str, ...], torch.Tensor]]] = {}
+    for lead, members in joint.items():
+        s = sum(unit_scores(weights[n], cfg, stats[n] if stats is not None and n in stats
+                            else None) for n in members)
+        by_block.setdefault(blocks[lead], []).append((members, s))
+    for block, units in by_block.items():
+        keeps = _keep_from_scores([s for _, s in units], cfg.ratio_for(block), cfg.scope)
+        for (members, _), keep in zip(units, keeps):
+            for n in members:
+                shp = tuple(weights[n].shape)
+                if cfg.structure == "rows":
+                    m = keep.unsqueeze(0).expand(shp).clone()
+                elif cfg.structure == "columns":
+                    m = keep.unsqueeze(1).expand(shp).clone()
+                    if has_bias.get(n) and any(n in g.fc1 for g in groups) and cfg.coupled_ffn:
+                        bm[n] = keep.clone()
+                elif cfg.structure == "blocks":
+                    m = _expand_blocks(keep, cfg.block_shape, shp).clone()
+                else:
+                    m = keep.clone()
+                wm[n] = m
+    if cfg.coupled_ffn:
+        _propagate_ffn(wm, bm, groups, shapes, has_bias)
+    return PruningMasks(wm, bm)
+
+
+@dataclass
+class MaskContext:
+    """Everything `masks_from_weights` needs about a model besides the weights."""
+    modules: Dict[str, nn.Module]          # the targets
+    blocks: Dict[str, str]
+    groups: List[FFNGroup]
+    shapes: Dict[str, Tuple[int, int]]
+    has_bias: Dict[str, bool]
+
+    def weights(self) -> Dict[str, torch.Tensor]:
+        return {n: linear_weight(m).detach() for n, m in self.modules.items()}
+
+
+def mask_context(model: nn.Module, cfg: PruneConfig) -> MaskContext:
+    targets = find_targets(model, cfg.blocks, cfg.exclude)
+    everything = {t.name: t.module for t in analog_matrices(model)}
+    groups = ffn_groups(everything) if cfg.coupled_ffn else []
+    names = {n for g in groups for n in (g.fc2,) + g.fc1} | set(targets)
+    return MaskContext({n: t.module for n, t in targets.items()},
+                       {n: t.block for n, t in targets.items()}, groups,
+                       {n: tuple(linear_weight(everything[n]).shape) for n in names},
+                       {n: everything[n].bias is not None for n in names})
+
+
+def compute_masks(model: nn.Module, cfg: PruneConfig,
+                  stats: Optional[MacStats] = None) -> PruningMasks:
+    """Masks for the target blocks of `model` (nothing is modified)."""
+    ctx = mask_context(model, cfg)
+    return masks_from_weights(ctx.weights(), ctx.blocks, cfg, stats, ctx.groups,
+                              ctx.shapes, ctx.has_bias)
+
+
+def prune(model: nn.Module, cfg: PruneConfig,
+          stats: Optional[MacStats] = None) -> PruningMasks:
+    """Compute masks for `model` and apply them (weights zeroed in place)."""
+    masks = compute_masks(model, cfg, stats)
+    masks.apply(model)
+    return masks
