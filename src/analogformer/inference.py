@@ -60,10 +60,19 @@ def drift(model: nn.Module, t_seconds: float, read_seed: Optional[int] = None) -
     if isinstance(t_seconds, bool) or not isinstance(t_seconds, (int, float)) \
             or not math.isfinite(t_seconds) or t_seconds < 0:
         raise ValueError(f"drift: t_seconds must be a finite number >= 0, got {t_seconds!r}")
-    for i, (_, layer) in enumerate(_require_analog(model, "drift")):
-        if read_seed is not None and layer.programmed:
-            layer._generator = layer_generator(read_seed, i)
+    if read_seed is not None:
+        reseed_noise(model, read_seed)
+    for _, layer in _require_analog(model, "drift"):
         layer.drift(float(t_seconds))
+    return model
+
+
+def reseed_noise(model: nn.Module, seed: int) -> nn.Module:
+    """Re-seed the per-layer generators of a programmed model (read noise, output noise)
+    from (seed, layer index); the programmed conductances are untouched."""
+    for i, (_, layer) in enumerate(_require_analog(model, "reseed_noise")):
+        if layer.programmed:
+            layer._generator = layer_generator(seed, i)
     return model
 
 

