@@ -249,6 +249,8 @@ def _type_ok(value: Any, tp) -> bool:
 
 
 def _describe(tp) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
     return str(tp).replace("typing.", "").replace("NoneType", "null")
 
 

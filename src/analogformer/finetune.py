@@ -132,13 +132,15 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
              cfg: FinetuneConfig, after_step: Callable[[nn.Module], None] | None = None,
-             progress: bool = True) -> FinetuneHistory:
+             progress: bool = True,
+             extra_loss: Callable[[nn.Module], torch.Tensor] | None = None) -> FinetuneHistory:
     """Train ``model`` in place on ``train_loader`` batches; returns the loss history.
 
     ``cfg.seed`` seeds torch's RNG (dropout); the batch order comes from the loader's own
     generator (``make_loader(..., seed=)``). ``cfg.batch_size`` and the example caps are
     for whoever builds the loader; here only the optimisation fields are used. The model
-    is left in eval mode.
+    is left in eval mode. ``extra_loss(model)`` is added to the task loss every step
+    (e.g. the ADMM penalty of ``pruning.ADMMPruner``).
     """
     torch.manual_seed(cfg.seed)
     steps_per_epoch = len(train_loader)
@@ -155,6 +157,8 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
     while history.steps < total:
         for batch in train_loader:
             loss = model(**_to(batch, device)).loss
+            if extra_loss is not None:
+                loss = loss + extra_loss(model)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.max_grad_norm is not None:

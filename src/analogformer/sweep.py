@@ -135,6 +135,15 @@ class RecordLog:
         self.done.add(record_key(record))
 
 
+def set_input_ranges(model: nn.Module, ranges: Dict[str, float]) -> None:
+    """Set DAC ranges by layer name; every analog layer must be named in `ranges`."""
+    from .nn.convert import analog_layers
+    for name, layer in analog_layers(model):
+        if name not in ranges:
+            raise ValueError(f"input ranges given for this model miss layer {name!r}")
+        layer.input_range.data.fill_(float(ranges[name]))
+
+
 def _seed(*parts: int) -> int:
     """A stable derived seed for (sweep seed, repeat, time index, ...)."""
     s = 0
@@ -150,13 +159,15 @@ def run_time_sweep(models: Dict[str, nn.Module], task: str, conditions: Sequence
                    evaluate: Evaluator, headline: Callable[[Dict[str, float]], float],
                    analog_cfg: AnalogConfig, cfg: SweepConfig, log: RecordLog,
                    calib_batches: Sequence[dict] = (), progress: bool = True,
-                   prepare: Optional[Callable[[nn.Module, Condition], None]] = None) -> List[dict]:
+                   prepare: Optional[Callable[[nn.Module, Condition], None]] = None,
+                   input_ranges: Optional[Dict[str, Dict[str, float]]] = None) -> List[dict]:
     """Evaluate `conditions` of `models` over time and append records to `log`.
 
     `evaluate(model) -> metrics` runs the task's eval set; `headline(metrics)` picks the
     headline value. `calib_batches` (model kwargs) set the DAC ranges. `prepare(model,
     condition)` adjusts an analogized model before programming (e.g. INT-N attention).
-    Returns the records written by this call.
+    `input_ranges[model name]` ({layer name: r}, e.g. learned by HWA training) replaces
+    the calibration for that model. Returns the records written by this call.
     """
     for c in conditions:
         if c.model not in models:
@@ -193,7 +204,10 @@ def run_time_sweep(models: Dict[str, nn.Module], task: str, conditions: Sequence
         acfg = copy.deepcopy(analog_cfg)
         acfg.pcm.gamma = gamma
         model = analogize(copy.deepcopy(models[model_name]), acfg).eval()
-        if calib_batches:
+        fixed = (input_ranges or {}).get(model_name)
+        if fixed:
+            set_input_ranges(model, fixed)
+        elif calib_batches:
             calibrate_input_ranges(model, calib_batches, percentile=cfg.calibration_percentile)
         if prepare is not None:
             prepare(model, conds[0])

@@ -1,0 +1,213 @@
+"""`analogformer` command line: study, evaluate, prune, map, report, demo."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+EPILOG = "Every command takes --help. Presets for the seed experiments are in configs/."
+
+
+def _add_set(p):
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set analog.adc.bits=8 --set sweep.repeats=5")
+
+
+def cmd_study(a) -> int:
+    from .study import run_study
+    from .study_config import load_study_config
+    cfg = load_study_config(a.config, a.overrides)
+    run_study(cfg, out_dir=a.out, progress=not a.no_progress)
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    """A saved (fine-tuned) sequence-classification model over time: no training."""
+    from .study import run_study
+    from .study_config import load_study_config
+    ckpt = Path(a.checkpoint)
+    if not (ckpt / "config.json").is_file():
+        raise ValueError(f"{ckpt} is not a saved model folder (no config.json); pass the folder "
+                         "written by save_pretrained / `analogformer study` (checkpoints/TASK/digital)")
+    over = [("model", str(ckpt)), ("tasks", [a.task]),
+            ("conditions", a.conditions.split(",")), ("finetune.epochs", 1)] + list(a.overrides)
+    if a.glue_dir:
+        over.append(("data.glue_dir", a.glue_dir))
+    cfg = load_study_config(a.config, over)
+    out = Path(a.out)
+    # the checkpoint is already fine-tuned: register it as the study's digital model
+    from .tasks import resolve_task
+    target = out / "checkpoints" / resolve_task(a.task)[0].name / "digital"
+    if not (target / "model.safetensors").exists():
+        import shutil
+        target.mkdir(parents=True, exist_ok=True)
+        for f in ckpt.iterdir():
+            if f.is_file():
+                shutil.copy2(f, target / f.name)
+    run_study(cfg, out_dir=str(out), progress=not a.no_progress)
+    return 0
+
+
+def cmd_map(a) -> int:
+    from .mapping import ARES, MappingConfig, map_model, plot_tile_layout
+    hf_config = _load_hf_config(a.model)
+    mcfg = MappingConfig(tile_rows=a.tile_rows, tile_cols=a.tile_cols, row_policy=a.policy,
+                         col_policy=a.policy, fuse_qkv=a.fuse_qkv)
+    tm = map_model(hf_config, mcfg)
+    print(tm.to_markdown())
+    if a.out:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "tiles.md").write_text(tm.to_markdown())
+        tm.to_csv(str(out / "tiles.csv"))
+        plot_tile_layout(tm, str(out / "tiles.png"))
+        print(f"wrote {out / 'tiles.md'}, {out / 'tiles.csv'}, {out / 'tiles.png'}")
+    return 0
+
+
+PRESET_CONFIGS = {
+    "bert-base": ("BertConfig", {}),
+    "albert-base": ("AlbertConfig", dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072)),
+    "distilbert": ("DistilBertConfig", {}),
+    "mobilebert": ("MobileBertConfig", {}),
+    "gpt2": ("GPT2Config", {}),
+    "distilgpt2": ("GPT2Config", dict(n_layer=6)),
+    "minilm": (None, {}),
+}
+
+
+def _load_hf_config(name: str):
+    """An HF config from a preset name, a local folder/config.json, or a hub name."""
+    import transformers
+    if name in PRESET_CONFIGS:
+        cls, kw = PRESET_CONFIGS[name]
+        if cls is None:
+            from .finetune import default_model_path
+            return transformers.AutoConfig.from_pretrained(default_model_path())
+        return getattr(transformers, cls)(**kw)
+    p = Path(name)
+    if p.is_file():
+        return transformers.AutoConfig.from_pretrained(str(p.parent))
+    if p.is_dir():
+        return transformers.AutoConfig.from_pretrained(str(p))
+    try:
+        return transformers.AutoConfig.from_pretrained(name)
+    except Exception as e:  # hub unreachable or unknown name
+        raise ValueError(f"cannot load a model config {name!r}: {e}. Use a local folder with "
+                         f"config.json or a preset: {sorted(PRESET_CONFIGS)}") from None
+
+
+def cmd_prune(a) -> int:
+    from .study_pruning import prune_checkpoint
+    prune_checkpoint(a)
+    return 0
+
+
+def cmd_report(a) -> int:
+    from .report import build_report
+    print(build_report(Path(a.dir)))
+    return 0
+
+
+def cmd_demo(a) -> int:
+    """Analogize the bundled MiniLM and print how its output drifts over time."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    import analogformer as af
+    from .finetune import default_model_path
+    path = default_model_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    batch = tok(["analog in-memory computing stores weights as conductances",
+                 "phase-change memory drifts after programming"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        ref = model(**batch).last_hidden_state
+        af.analogize(model, af.AnalogConfig())
+        af.calibrate_input_ranges(model, [dict(batch)])
+        af.program(model, seed=0)
+        print("time since programming | rel. error, no compensation | rel. error, compensated")
+        for t, label in ((1, "1 s"), (3600, "1 h"), (86400, "1 day"), (604800, "1 week"), (2592000, "1 month")):
+            af.drift(model, t, read_seed=t)
+            errs = []
+            for comp in (False, True):
+                af.set_compensation(model, comp)
+                out = model(**batch).last_hidden_state
+                errs.append(((out - ref).norm() / ref.norm()).item())
+            print(f"{label:>22} | {errs[0]:28.3f} | {errs[1]:.3f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="analogformer", epilog=EPILOG,
+                                description="Transformers on simulated PCM analog in-memory-computing tiles.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("study", help="run (or resume) a study from a YAML config",
+                       description="Fine-tune, analogize and evaluate over time as CONFIG describes; "
+                                   "re-running the same command continues an interrupted study.")
+    s.add_argument("config", help="study YAML (see configs/)")
+    s.add_argument("--out", help="output folder (default: the config's output_dir)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_set(s)
+    s.set_defaults(func=cmd_study)
+
+    e = sub.add_parser("evaluate", help="evaluate a saved fine-tuned model over time on PCM tiles")
+    e.add_argument("checkpoint", help="folder of a fine-tuned sequence-classification model")
+    e.add_argument("--task", required=True, help="GLUE task, e.g. sst2, mrpc, rte")
+    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--config", help="study YAML for analog/sweep settings (optional)")
+    e.add_argument("--glue-dir", help="local GLUE folder (default: the config's data.glue_dir)")
+    e.add_argument("--conditions", default="digital,analog-nocomp,analog",
+                   help="comma-separated conditions (default: %(default)s)")
+    e.add_argument("--no-progress", action="store_true")
+    _add_set(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("prune", help="prune a fine-tuned model, retrain with masks, compact, evaluate")
+    pr.add_argument("checkpoint", help="folder of a fine-tuned sequence-classification model")
+    pr.add_argument("--task", required=True)
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--config", help="study YAML whose `pruning:` section to use (optional)")
+    pr.add_argument("--glue-dir")
+    pr.add_argument("--no-progress", action="store_true")
+    _add_set(pr)
+    pr.set_defaults(func=cmd_prune)
+
+    m = sub.add_parser("map", help="tile mapping of any HF model config (no weights needed)")
+    m.add_argument("model", help=f"preset ({', '.join(PRESET_CONFIGS)}), a folder with config.json, or a hub name")
+    m.add_argument("--tile-rows", type=int, default=512)
+    m.add_argument("--tile-cols", type=int, default=512)
+    m.add_argument("--policy", choices=["balanced", "fill_first"], default="balanced")
+    m.add_argument("--fuse-qkv", action="store_true", help="map Q/K/V as one in-projection matrix")
+    m.add_argument("--out", help="folder for tiles.md / tiles.csv / tiles.png")
+    m.set_defaults(func=cmd_map)
+
+    r = sub.add_parser("report", help="rebuild report.md / report.html / plots from a study folder")
+    r.add_argument("dir", help="study output folder (holds results.jsonl)")
+    r.set_defaults(func=cmd_report)
+
+    d = sub.add_parser("demo", help="analogize the bundled MiniLM and print its output drift over time")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if not getattr(a, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return a.func(a)
+    except ValueError as e:
+        print(f"analogformer {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: re-run the same command to continue where it stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,611 @@
+"""Study report: records (``results.jsonl``) -> JSON, CSV, Markdown + HTML tables and PNG plots.
+
+``build_report(DIR)`` reads ``DIR/results.jsonl`` (one record per task × condition × time ×
+repeat, as the study writes them) and writes ``results.json``, ``summary.csv``,
+``report.md``, ``report.html`` and the plots next to it. Metrics are stored on a [0, 1]
+scale; tables and plots show them ×100 ("points"). SEM = std(ddof=1) / √n, 0 when n = 1.
+
+The report is built once as a list of blocks (heading, paragraph, table, image, code) and
+rendered twice, so the Markdown and the HTML page always carry the same content.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import re
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["load_records", "summarize", "time_label", "build_report"]
+
+DIGITAL = "digital"
+TASK_NAMES = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "qqp": "QQP", "stsb": "STS-B",
+              "mnli": "MNLI", "mnli-m": "MNLI-m", "mnli-mm": "MNLI-mm", "qnli": "QNLI",
+              "rte": "RTE", "wnli": "WNLI"}
+METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "mcc": "Matthews corr.",
+                "pearson": "Pearson", "spearmanr": "Spearman", "acc_and_f1": "acc/F1 mean",
+                "pearson_and_spearman": "Pearson/Spearman mean", "headline": "headline"}
+_HEADLINE = {"cola": "mcc", "sst2": "accuracy", "mrpc": "acc_and_f1", "qqp": "acc_and_f1",
+             "stsb": "pearson_and_spearman", "mnli": "accuracy", "mnli-m": "accuracy",
+             "mnli-mm": "accuracy", "qnli": "accuracy", "rte": "accuracy", "wnli": "accuracy"}
+_UNITS = [("y", 31_536_000), ("mo", 2_592_000), ("w", 604_800), ("d", 86_400), ("h", 3600),
+          ("min", 60), ("s", 1)]
+_DPI = 150
+_FIGSIZE = (8.0, 4.5)          # inches -> 1200 × 675 px at _DPI
+
+
+# ----------------------------------------------------------------------------- records
+def load_records(path) -> list[dict]:
+    """Valid records of a ``results.jsonl`` (or a ``results.json`` list); bad lines warn."""
+    path = Path(path)
+    hint = ("run `analogformer study CONFIG.yaml --out DIR` first (it writes "
+            "DIR/results.jsonl as records are produced)")
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist; {hint}")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix == ".json":
+        raw = [(i + 1, json.dumps(r)) for i, r in enumerate(json.loads(text or "[]"))]
+    else:
+        raw = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
+    records = []
+    for lineno, line in raw:
+        try:
+            records.append(_validate(json.loads(line)))
+        except (json.JSONDecodeError, ValueError, TypeError) as err:
+            warnings.warn(f"{path}:{lineno}: skipped record ({err})", stacklevel=2)
+    if not records:
+        raise ValueError(f"{path} holds no valid records; {hint}")
+    return records
+
+
+def _validate(rec) -> dict:
+    if not isinstance(rec, dict):
+        raise ValueError("not a JSON object")
+    for key in ("task", "condition"):
+        if not isinstance(rec.get(key), str) or not rec[key]:
+            raise ValueError(f"{key!r} must be a non-empty string")
+    metrics = rec.get("metrics") or {}
+    if not isinstance(metrics, dict):
+        raise ValueError("'metrics' must be an object")
+    if rec.get("headline") is None and len(metrics) == 1:
+        rec["headline"] = next(iter(metrics.values()))
+    if not isinstance(rec.get("headline"), (int, float)):
+        raise ValueError("'headline' must be a number")
+    t = rec.get("t_seconds")
+    if t is not None and (not isinstance(t, (int, float)) or t < 0):
+        raise ValueError("'t_seconds' must be null or a number >= 0")
+    return {**rec, "metrics": metrics, "t_seconds": None if t is None else float(t),
+            "prune_ratio": rec.get("prune_ratio"), "stage": rec.get("stage")}
+
+
+def _stats(values) -> tuple[float, float, int]:
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return math.nan, math.nan, 0
+    sem = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+    return float(v.mean()), sem, len(v)
+
+
+def summarize(records) -> list[dict]:
+    """Mean, SEM and n of the headline and of each metric per (task, condition, t_seconds).
+
+    Pruning records are kept apart by their ``prune_ratio`` and ``stage``. Rows come in
+    order of first appearance of task and condition, then by time (time-independent first).
+    """
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["task"], r["condition"], r.get("t_seconds"), r.get("prune_ratio"),
+                r.get("stage"))].append(r)
+    tasks, conds = _ordered(records, "task"), _ordered(records, "condition")
+    rows = []
+    for key in sorted(groups, key=lambda k: (tasks.index(k[0]), conds.index(k[1]),
+                                              _tkey(k[2]), _tkey(k[3]), str(k[4]))):
+        recs = groups[key]
+        mean, sem, n = _stats(r["headline"] for r in recs)
+        names = _ordered([{"m": m} for r in recs for m in r["metrics"]], "m")
+        metrics = {m: dict(zip(("mean", "sem", "n"), _stats(r["metrics"].get(m) for r in recs)))
+                   for m in names}
+        rows.append(dict(task=key[0], condition=key[1], t_seconds=key[2], time=time_label(key[2]),
+                         prune_ratio=key[3], stage=key[4], n=n, mean=mean, sem=sem,
+                         metrics=metrics))
+    return rows
+
+
+def _ordered(items, key) -> list:
+    return list(dict.fromkeys(i[key] for i in items))
+
+
+def _tkey(t):
+    return (-1.0 if t is None else float(t))
+
+
+def time_label(t_seconds) -> str:
+    """"1 s", "1 h", "1 d", "1 w", "1 mo" (30 d), "1 y" (365 d); "—" for time-independent."""
+    if t_seconds is None:
+        return "—"
+    t = float(t_seconds)
+    fits = [(u, t / s) for u, s in _UNITS if t / s >= 1] or [("s", t)]
+    for unit, value in fits:                 # largest unit giving a whole number
+        if abs(value - round(value)) < 1e-9 * max(1.0, value):
+            return f"{round(value)} {unit}"
+    return f"{fits[0][1]:.3g} {fits[0][0]}"
+
+
+def task_name(task: str) -> str:
+    return TASK_NAMES.get(task, task)
+
+
+def _cell(mean, sem, n, signed=False) -> str:
+    if n == 0 or not math.isfinite(mean):
+        return "n/a"
+    m = f"{mean:+.2f}" if signed else f"{mean:.2f}"
+    return m if n == 1 else f"{m} ± {sem:.2f}"
+
+
+def _headline_name(task, recs) -> str:
+    """The metric key the headline equals in every record of a task, else "headline"."""
+    common = None
+    for r in (r for r in recs if math.isfinite(r["headline"])):
+        keys = {m for m, v in r["metrics"].items()
+                if isinstance(v, (int, float)) and math.isclose(v, r["headline"], abs_tol=1e-12)}
+        common = keys if common is None else common & keys
+    for m in ("accuracy", "mcc", "acc_and_f1", "pearson_and_spearman", *sorted(common or ())):
+        if m in (common or ()):
+            return m
+    return _HEADLINE.get(task, "headline")
+
+
+# ----------------------------------------------------------------------------- analysis
+class _Study:
+    """Summary rows arranged for the tables and plots (all values in points)."""
+
+    def __init__(self, records):
+        self.records, self.rows = records, summarize(records)
+        time_rows = [r for r in self.rows if r["prune_ratio"] is None]
+        self.prune_rows = [r for r in self.rows if r["prune_ratio"] is not None]
+        self.tasks = _ordered(time_rows, "task") if time_rows else []
+        self.conditions = _ordered(time_rows, "condition") if time_rows else []
+        self.times = sorted({r["t_seconds"] for r in time_rows}, key=_tkey)
+        self.cell = {(r["task"], r["condition"], r["t_seconds"]):
+                     (100 * r["mean"], 100 * r["sem"], r["n"]) for r in time_rows}
+        styled = [c for c in _ordered(records, "condition") if c != DIGITAL]
+        self.style = {c: (f"C{i % 10}", "osD^v<>ph*"[i % 10]) for i, c in enumerate(styled)}
+        self.style[DIGITAL] = ("k", "o")
+        self.metric = {t: _headline_name(t, [r for r in records if r["task"] == t])
+                       for t in _ordered(records, "task")}
+
+    def glue(self):
+        """{(condition, t): (mean, sem, n_min)} over the tasks, where every task has the point.
+
+        MNLI-m and MNLI-mm are averaged into one MNLI entry first (GLUE-leaderboard style);
+        SEM of the average = √(Σ SEM²) / K, the tasks being independent runs.
+        """
+        groups = defaultdict(list)
+        for t in self.tasks:
+            groups["mnli" if t.startswith("mnli") else t].append(t)
+        out = {}
+        for c in self.conditions:
+            for t in self.times:
+                if all((task, c, t) in self.cell for task in self.tasks):
+                    parts = [[self.cell[(task, c, t)] for task in g] for g in groups.values()]
+                    means = [np.mean([p[0] for p in g]) for g in parts]
+                    sems = [math.sqrt(sum(p[1] ** 2 for p in g)) / len(g) for g in parts]
+                    n = min(p[2] for g in parts for p in g)
+                    out[(c, t)] = (float(np.mean(means)),
+                                   math.sqrt(sum(s * s for s in sems)) / len(sems), n)
+        return out
+
+    def series(self, task):
+        """{condition: {t: (mean, sem, n)}} of one task (glue average for task=None)."""
+        src = self.glue() if task is None else {(c, t): v for (k, c, t), v in self.cell.items()
+                                                if k == task}
+        out = {c: {} for c in self.conditions}
+        for (c, t), v in src.items():
+            out[c][t] = v
+        return {c: v for c, v in out.items() if v}
+
+
+# ----------------------------------------------------------------------------- plots
+def _plot_time(path, series, style, title, ylabel):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    timed = [c for c, pts in series.items() if any(t is not None for t in pts)]
+    times = sorted({t for pts in series.values() for t in pts if t is not None})
+    fig, ax = plt.subplots(figsize=_FIGSIZE, dpi=_DPI, layout="constrained")
+    for i, c in enumerate(timed):
+        pts = sorted((t, v) for t, v in series[c].items() if t is not None)
+        dodge = 10 ** (0.025 * (i - (len(timed) - 1) / 2))   # keeps error bars apart
+        colour, marker = style[c]
+        ax.errorbar([t * dodge for t, _ in pts], [v[0] for _, v in pts],
+                    yerr=[v[1] for _, v in pts], color=colour, marker=marker, ms=5,
+                    capsize=3, lw=1.6, label=c)
+    for c, pts in series.items():                 # time-independent points: baselines
+        if None in pts:
+            mean, sem, n = pts[None]
+            colour = style[c][0]
+            ax.axhline(mean, color=colour, ls="--", lw=1.4, label=f"{c} ({_cell(mean, sem, n)})")
+            if n > 1 and sem > 0:
+                ax.axhspan(mean - sem, mean + sem, color=colour, alpha=0.12, lw=0)
+    ax.set_xscale("log")
+    if times:
+        ax.set_xticks(times, [time_label(t) for t in times])
+        ax.minorticks_off()
+        ax.set_xlim(times[0] / 2.5, times[-1] * 2.5)
+    else:
+        ax.set_xticks([])
+    lo, hi = ax.get_ylim()
+    if hi - lo < 1.0:                              # avoid magnifying noise below 0.1 point
+        mid = (hi + lo) / 2
+        ax.set_ylim(mid - 0.5, mid + 0.5)
+    ax.set_xlabel("Time since programming (log scale)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.35)
+    ax.legend(title="condition (± SEM)", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+
+
+def _plot_pruning(path, rows, baseline, title, ylabel):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    scale = 100 if all(0 <= r["prune_ratio"] <= 1 for r in rows) else 1
+    keys = _ordered([dict(k=(_base(r), r["stage"], r["t_seconds"])) for r in rows], "k")
+    vary = [len({k[i] for k in keys}) > 1 for i in range(3)]
+    fig, ax = plt.subplots(figsize=_FIGSIZE, dpi=_DPI, layout="constrained")
+    for i, k in enumerate(keys):
+        pts = sorted((r["prune_ratio"], r) for r in rows
+                     if (_base(r), r["stage"], r["t_seconds"]) == k)
+        label = " · ".join(str(p if j != 2 else time_label(p)) for j, p in enumerate(k)
+                           if vary[j] or (j == 1 and p is not None)) or k[0]
+        ax.errorbar([scale * x for x, _ in pts], [100 * r["mean"] for _, r in pts],
+                    yerr=[100 * r["sem"] for _, r in pts], marker="osD^v<>ph*"[i % 10],
+                    color=f"C{i % 10}", capsize=3, lw=1.6, label=label)
+    if baseline is not None:
+        ax.axhline(baseline[0], color="k", ls="--", lw=1.4, label=f"digital ({_cell(*baseline)})")
+    ax.set_xlabel("Prune ratio (%)" if scale == 100 else "Prune ratio")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.35)
+    ax.legend(title="stage (± SEM)", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+# ----------------------------------------------------------------------------- sections
+def _col(t) -> str:
+    return "t-indep." if t is None else time_label(t)
+
+
+def _overview(st: _Study, records, skipped) -> str:
+    reps = sorted({r["n"] for r in st.rows})
+    rep = f"{reps[0]}" if len(reps) == 1 else f"{reps[0]}–{reps[-1]}"
+    tasks = ", ".join(task_name(t) for t in _ordered(records, "task"))
+    timed = [t for t in st.times if t is not None]
+    text = (f"{len(records)} records: {len(_ordered(records, 'task'))} task(s) ({tasks}) under "
+            f"{len(_ordered(records, 'condition'))} condition(s) "
+            f"({', '.join(_ordered(records, 'condition'))})")
+    if timed:
+        text += f", evaluated {len(timed)} time point(s) after programming ({', '.join(map(time_label, timed))})"
+    text += f", with {rep} repeat(s) (independent device instances) per point."
+    if st.prune_rows:
+        text += f" Pruning: {len(st.prune_rows)} (task, ratio, stage) points."
+    if skipped:
+        text += f" {skipped} unreadable line(s) of results.jsonl were skipped."
+    return text + (" Values are in points (metric × 100); ± is the standard error of the mean "
+                   "over repeats (a cell without ± has one repeat).")
+
+
+def _time_table(st: _Study, values: dict) -> tuple[list, list]:
+    """values: {(condition, t): (mean, sem, n)} -> header, rows (condition × time)."""
+    times = [t for t in st.times if any((c, t) in values for c in st.conditions)]
+    conds = [c for c in st.conditions if any((c, t) in values for t in times)]
+    rows = [[c] + [_cell(*values[(c, t)]) if (c, t) in values else "" for t in times]
+            for c in conds]
+    return ["condition"] + [_col(t) for t in times], rows
+
+
+def _drop_table(st: _Study, glue: dict):
+    ref = {}
+    for task in st.tasks:
+        pts = [t for t in st.times if (task, DIGITAL, t) in st.cell]
+        if pts:
+            ref[task] = st.cell[(task, DIGITAL, pts[0])]     # t-indep. first, else earliest
+    digital_glue = [v for (c, t), v in sorted(glue.items(), key=lambda kv: _tkey(kv[0][1]))
+                    if c == DIGITAL]
+    rows = []
+    for c in st.conditions:
+        ts = [t for t in st.times if t is not None and any((k, c, t) in st.cell for k in st.tasks)]
+        if c == DIGITAL or not ts:
+            continue
+        t = ts[-1]
+        row = [c, time_label(t)]
+        for task in st.tasks:
+            v, d = st.cell.get((task, c, t)), ref.get(task)
+            row.append(_cell(d[0] - v[0], math.hypot(d[1], v[1]), min(d[2], v[2]), True)
+                       if v and d else "n/a")
+        if len(st.tasks) > 1:
+            v = glue.get((c, t))
+            d = digital_glue[0] if digital_glue else None
+            row.append(_cell(d[0] - v[0], math.hypot(d[1], v[1]), min(d[2], v[2]), True)
+                       if v and d else "n/a")
+        rows.append(row)
+    header = ["condition", "at"] + [task_name(t) for t in st.tasks]
+    return header + (["GLUE avg"] if len(st.tasks) > 1 else []), rows
+
+
+def _base(r) -> str:
+    """The condition without its stage suffix ("prune:dense" -> "prune")."""
+    c, stage = r["condition"], r["stage"]
+    for sep in (":", "-", "_", "/"):
+        if stage and c.endswith(sep + stage) and len(c) > len(sep + stage):
+            return c[: -len(sep + stage)]
+    return c
+
+
+def _prune_table(rows):
+    """Rows (condition, time, prune ratio) × columns stage (dense / pruned / retrained)."""
+    stages, conds = _ordered(rows, "stage"), _ordered([{"c": _base(r)} for r in rows], "c")
+    keys = _ordered([dict(k=(_base(r), r["t_seconds"], r["prune_ratio"])) for r in rows], "k")
+    cells = {(_base(r), r["t_seconds"], r["prune_ratio"], r["stage"]):
+             _cell(100 * r["mean"], 100 * r["sem"], r["n"]) for r in rows}
+    return (["condition", "time", "prune ratio"] + [str(s or "—") for s in stages],
+            [[c, _col(t), f"{x:g}"] + [cells.get((c, t, x, s), "") for s in stages]
+             for c, t, x in sorted(keys, key=lambda k: (conds.index(k[0]), _tkey(k[1]), k[2]))])
+
+
+def _metric_label(task, metric) -> str:
+    return f"{task_name(task)} {METRIC_NAMES.get(metric, metric)} (%)"
+
+
+def _sections(d: Path, st: _Study, records, skipped, title) -> list[tuple]:
+    B = [("h", 1, title), ("p", _overview(st, records, skipped))]
+    glue = st.glue()
+    if st.tasks:
+        B.append(("h", 2, "Headline metric vs time since programming"))
+        for task in st.tasks:
+            B.append(("h", 3, f"{task_name(task)} — {METRIC_NAMES.get(st.metric[task], st.metric[task])}"))
+            B.append(("table", *_time_table(st, {(c, t): v for (k, c, t), v in st.cell.items() if k == task})))
+    if len(st.tasks) > 1:
+        names = ", ".join(task_name(t) for t in st.tasks)
+        mnli = " (MNLI-m and MNLI-mm count once, as their mean)" if sum(
+            t.startswith("mnli") for t in st.tasks) > 1 else ""
+        B += [("h", 2, "GLUE average"),
+              ("p", f"Unweighted mean of the headline metric over {names}{mnli}; a cell appears "
+                    "only where every task has that point. SEM = √(Σ SEM²)/K over the K tasks.")]
+        B.append(("table", *_time_table(st, glue)) if glue else
+                 ("p", "No (condition, time) point is complete over all tasks."))
+    header, rows = _drop_table(st, glue)
+    B.append(("h", 2, "Drop vs digital at the last time point"))
+    if rows and any(k for k in st.tasks if any(c == DIGITAL for (t, c, _) in st.cell if t == k)):
+        B += [("p", "Digital minus condition, in points (positive = score lost), at each "
+                    "condition's last time point; ± combines both SEMs."), ("table", header, rows)]
+    else:
+        B.append(("p", "Not available: the records have no `digital` baseline or no timed condition."))
+    multi = [t for t in _ordered(records, "task")
+             if any(len(r["metrics"]) > 1 for r in st.rows if r["task"] == t)]
+    if multi:
+        B.append(("h", 2, "All metrics"))
+        for task in multi:
+            rows_t = [r for r in st.rows if r["task"] == task and r["prune_ratio"] is None]
+            names = _ordered([{"m": m} for r in rows_t for m in r["metrics"]], "m")
+            B += [("h", 3, task_name(task)),
+                  ("table", ["condition", "time"] + [METRIC_NAMES.get(m, m) for m in names],
+                   [[r["condition"], _col(r["t_seconds"])] + [
+                       _cell(100 * r["metrics"][m]["mean"], 100 * r["metrics"][m]["sem"],
+                             r["metrics"][m]["n"]) if m in r["metrics"] else "" for m in names]
+                    for r in rows_t])]
+    plots = []
+    for task in [k for k in st.tasks if any(t is not None for (k2, _, t) in st.cell if k2 == k)]:
+        f = f"metric_vs_time_{_safe(task)}.png"
+        ylabel = _metric_label(task, st.metric[task])
+        _plot_time(d / f, st.series(task), st.style, f"{ylabel[:-4]} vs time since programming",
+                   ylabel)
+        plots.append((f"{task_name(task)} vs time", f))
+    if len(st.tasks) > 1 and any(t is not None for _, t in glue):
+        _plot_time(d / "glue_average_vs_time.png", st.series(None), st.style,
+                   f"GLUE average ({', '.join(map(task_name, st.tasks)) if len(st.tasks) < 5 else f'{len(st.tasks)} tasks'})"
+                   " vs time since programming", "GLUE average score (%)")
+        plots.append(("GLUE average vs time", "glue_average_vs_time.png"))
+    if plots:
+        B += [("h", 2, "Plots")] + [("img", a, f) for a, f in plots]
+    if st.prune_rows:
+        B += [("h", 2, "Pruning"), ("p", "Headline metric (points) per prune ratio and stage.")]
+        for task in _ordered(st.prune_rows, "task"):
+            rows_t = [r for r in st.prune_rows if r["task"] == task]
+            f = f"pruning_{_safe(task)}.png"
+            base = st.cell.get((task, DIGITAL, None))
+            _plot_pruning(d / f, rows_t, base, f"{_metric_label(task, st.metric[task])[:-4]} vs prune ratio",
+                          _metric_label(task, st.metric[task]))
+            B += [("h", 3, task_name(task)), ("table", *_prune_table(rows_t)),
+                  ("img", f"{task_name(task)} pruning", f)]
+    return B + _extras(d)
+
+
+def _extras(d: Path) -> list[tuple]:
+    B = []
+    tile_mds = sorted(d.glob("*tiles*.md"), key=lambda p: (p.name != "tiles.md", p.name))
+    if tile_mds or (d / "tiles.png").is_file():
+        B.append(("h", 2, "Tile mapping"))
+        for p in tile_mds:
+            B += [("p", f"`{p.name}`:"), ("md", p.read_text(encoding="utf-8"))]
+        if (d / "tiles.png").is_file():
+            B.append(("img", "tile mapping", "tiles.png"))
+    if (d / "energy.md").is_file():
+        B += [("h", 2, "Attention energy"), ("md", (d / "energy.md").read_text(encoding="utf-8"))]
+    if (d / "artifacts.json").is_file():
+        try:
+            arts = json.loads((d / "artifacts.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            warnings.warn(f"{d / 'artifacts.json'} is not valid JSON ({err}); figures skipped")
+            arts = {}
+        found = [(t, f) for t, f in arts.items() if (d / f).is_file()]
+        for t, f in arts.items():
+            if (d / f).is_file() is False:
+                warnings.warn(f"artifacts.json lists {f!r} ({t}) but {d / f} does not exist")
+        if found:
+            B += [("h", 2, "Other figures")] + [x for t, f in found for x in (("h", 3, t), ("img", t, f))]
+    if (d / "config.yaml").is_file():
+        B += [("h", 2, "Configuration"),
+              ("code", "config.yaml", "yaml", (d / "config.yaml").read_text(encoding="utf-8"))]
+    if (d / "environment.json").is_file():
+        env = json.loads((d / "environment.json").read_text(encoding="utf-8"))
+        rows = [[str(k), _env_value(k, v)] for k, v in env.items()]
+        B += [("h", 2, "Environment"), ("table", ["item", "value"], rows)]
+    return B
+
+
+def _env_value(key, value) -> str:
+    if isinstance(value, (int, float)) and re.search(r"wall|seconds|_s$", str(key)):
+        h, rem = divmod(int(round(value)), 3600)
+        return f"{value:g} s ({h}:{rem // 60:02d}:{rem % 60:02d})"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+# ----------------------------------------------------------------------------- rendering
+def _md(blocks) -> str:
+    out = []
+    for b in blocks:
+        if b[0] == "h":
+            out.append("#" * b[1] + " " + b[2])
+        elif b[0] in ("p", "md"):
+            out.append(b[1].strip())
+        elif b[0] == "table":
+            esc = lambda s: str(s).replace("|", "\\|")
+            align = ["---:" if _numeric(col) else "---" for col in zip(*b[2])] or ["---"] * len(b[1])
+            out.append("\n".join(["| " + " | ".join(map(esc, b[1])) + " |", "|" + "|".join(align) + "|"]
+                                 + ["| " + " | ".join(map(esc, r)) + " |" for r in b[2]]))
+        elif b[0] == "img":
+            out.append(f"![{b[1]}]({b[2]})")
+        elif b[0] == "code":
+            out.append(f"<details><summary>{b[1]}</summary>\n\n```{b[2]}\n{b[3].rstrip()}\n```\n\n</details>")
+    return "\n\n".join(out) + "\n"
+
+
+def _numeric(column) -> bool:
+    return all(re.fullmatch(r"[+-]?[\d.]+( ± [\d.]+)?|n/a|", str(c)) for c in column)
+
+
+def _inline(text: str) -> str:
+    s = html.escape(text, quote=False)
+    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
+
+
+def _html_table(header, rows) -> str:
+    left = [' class="l"' if not _numeric(col) else "" for col in zip(*rows)] or [""] * len(header)
+    th = "".join(f"<th{a}>{_inline(str(h))}</th>" for h, a in zip(header, left))
+    trs = "".join("<tr>" + "".join(f"<td{a}>{_inline(str(c))}</td>" for c, a in zip(r, left))
+                  + "</tr>\n" for r in rows)
+    return f"<table>\n<thead><tr>{th}</tr></thead>\n<tbody>\n{trs}</tbody>\n</table>"
+
+
+def _md_to_html(text: str) -> str:
+    """Enough Markdown for the included files: headings, pipe tables, code, images, text."""
+    out, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        line = lines[i].strip()
+        if line.startswith("```"):
+            j = next((k for k in range(i + 1, len(lines)) if lines[k].strip().startswith("```")), len(lines))
+            out.append(f"<pre><code>{html.escape(chr(10).join(lines[i + 1:j]))}</code></pre>")
+            i = j + 1
+            continue
+        if line.startswith("|"):
+            j = i
+            while j < len(lines) and lines[j].strip().startswith("|"):
+                j += 1
+            cells = [[c.strip() for c in re.split(r"(?<!\\)\|", l.strip().strip("|"))]
+                     for l in lines[i:j] if not re.fullmatch(r"[|:\-\s]+", l.strip())]
+            out.append(_html_table(cells[0], cells[1:]) if cells else "")
+            i = j
+            continue
+        m = re.fullmatch(r"(#{1,6})\s+(.*)", line)
+        img = re.fullmatch(r"!\[([^\]]*)\]\(([^)]+)\)", line)
+        if m:
+            out.append(f"<h{len(m[1])}>{_inline(m[2])}</h{len(m[1])}>")
+        elif img:
+            out.append(f'<img src="{html.escape(img[2])}" alt="{html.escape(img[1])}">')
+        elif line:
+            out.append(f"<p>{_inline(line)}</p>")
+        i += 1
+    return "\n".join(out)
+
+
+_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;"
+        "text-align:right}.l{text-align:left}th{background:#f3f3f3}"
+        "img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto}")
+
+
+def _html(blocks, title) -> str:
+    body = []
+    for b in blocks:
+        if b[0] == "h":
+            body.append(f"<h{b[1]}>{_inline(b[2])}</h{b[1]}>")
+        elif b[0] == "p":
+            body.append(f"<p>{_inline(b[1])}</p>")
+        elif b[0] == "md":
+            body.append(_md_to_html(b[1]))
+        elif b[0] == "table":
+            body.append(_html_table(b[1], b[2]))
+        elif b[0] == "img":
+            body.append(f'<figure><img src="{html.escape(b[2])}" alt="{html.escape(b[1])}">'
+                        f"<figcaption>{_inline(b[1])}</figcaption></figure>")
+        elif b[0] == "code":
+            body.append(f"<details><summary>{html.escape(b[1])}</summary>"
+                        f"<pre><code>{html.escape(b[3])}</code></pre></details>")
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">'
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+            + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+def _write_csv(path: Path, rows) -> None:
+    names = _ordered([{"m": m} for r in rows for m in r["metrics"]], "m")
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["task", "condition", "t_seconds", "time", "prune_ratio", "stage", "n",
+                    "mean", "sem"] + [f"{m}_{s}" for m in names for s in ("mean", "sem", "n")])
+        for r in rows:
+            w.writerow([r["task"], r["condition"], "" if r["t_seconds"] is None else r["t_seconds"],
+                        r["time"], "" if r["prune_ratio"] is None else r["prune_ratio"],
+                        r["stage"] or "", r["n"], repr(r["mean"]), repr(r["sem"])]
+                       + [repr(r["metrics"][m][s]) if m in r["metrics"] else ""
+                          for m in names for s in ("mean", "sem", "n")])
+
+
+def build_report(out_dir, title: str = "analogformer study") -> Path:
+    """Write results.json, summary.csv, plots, report.md and report.html into ``out_dir``.
+
+    Reads ``out_dir/results.jsonl`` (falls back to ``results.json``); returns the path of
+    report.md. Means/SEMs in summary.csv are on the records' [0, 1] scale.
+    """
+    d = Path(out_dir)
+    src = d / "results.jsonl"
+    if not src.is_file() and (d / "results.json").is_file():
+        src = d / "results.json"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = load_records(src)
+    for w in caught:
+        warnings.warn(w.message, w.category, stacklevel=2)
+    skipped = sum("skipped record" in str(w.message) for w in caught)
+    st = _Study(records)
+    if src.suffix == ".jsonl":
+        (d / "results.json").write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+    _write_csv(d / "summary.csv", st.rows)
+    blocks = _sections(d, st, records, skipped, title)
+    (d / "report.html").write_text(_html(blocks, title), encoding="utf-8")
+    path = d / "report.md"
+    path.write_text(_md(blocks), encoding="utf-8")
+    return path

@@ -1,0 +1,200 @@
+"""The pipeline a study YAML describes.
+
+Per task: load data (tokenized once) → fine-tune digitally (or reuse the checkpoint) →
+optionally HWA fine-tune and prune + retrain (checkpoints reused) → evaluate every
+condition over time with repeats (records appended as produced) → report. Re-running the
+same command on the same output folder continues where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from .config import to_dict
+from .finetune import (default_model_path, evaluate, finetune, load_model_and_tokenizer,
+                       save_checkpoint)
+from .study_config import StudyConfig, dump_study_config
+from .sweep import CONDITIONS, Condition, RecordLog, run_time_sweep
+from .tasks import encode_examples, load_glue_examples, make_loader, resolve_task
+from .tasks.metrics import headline_value
+
+
+def _log(msg: str) -> None:
+    print(f"[analogformer {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def check_output_dir(out: Path, cfg: StudyConfig) -> None:
+    """Write config.yaml, or refuse to mix results of a different config into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    text = dump_study_config(cfg)
+    path = out / "config.yaml"
+    if path.exists() and path.read_text() != text:
+        old = path.read_text().splitlines()
+        diff = [l for l in text.splitlines() if l not in old][:5]
+        raise ValueError(f"{out} holds a study run with a different config (changed lines: {diff}); "
+                         "choose another --out folder, or delete the folder to start over")
+    path.write_text(text)
+
+
+def _strip_labels(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+class TaskData:
+    """Tokenized train/eval data of one task, built once and reused by every step."""
+
+    def __init__(self, cfg: StudyConfig, task: str, tokenizer):
+        self.spec, implied = resolve_task(task)
+        self.task = self.spec.name
+        d = cfg.data
+        fcfg = cfg.finetune_for(self.task)
+        n_train = fcfg.max_train_examples or d.max_train_examples
+        train = load_glue_examples(self.task, "train", d.glue_dir, n_train, cfg.seed)
+        self.train = encode_examples(train, tokenizer, d.max_length)
+        splits = (implied,) if implied else self.spec.eval_splits
+        self.evals: Dict[str, List[dict]] = {}
+        n_eval = fcfg.max_eval_examples or d.max_eval_examples
+        for split in splits:
+            key = self.task if len(splits) == 1 else f"{self.task}-{'mm' if 'mismatched' in split else 'm'}"
+            ex = load_glue_examples(self.task, split, d.glue_dir, n_eval, cfg.seed)
+            enc = encode_examples(ex, tokenizer, d.max_length)
+            self.evals[key] = list(make_loader(enc, cfg.sweep.eval_batch_size, shuffle=False))
+        loader = make_loader(self.train, fcfg.batch_size, shuffle=True, seed=cfg.seed + 1)
+        self.calib = []
+        for b in loader:
+            self.calib.append(_strip_labels(b))
+            if len(self.calib) >= cfg.sweep.calibration_batches:
+                break
+
+    def train_loader(self, batch_size: int, seed: int):
+        return make_loader(self.train, batch_size, shuffle=True, seed=seed)
+
+
+def _load_checkpoint(path: Path):
+    from transformers import AutoModelForSequenceClassification
+    return AutoModelForSequenceClassification.from_pretrained(path).eval()
+
+
+def _digital_model(cfg: StudyConfig, data: TaskData, base: nn.Module, tok, out: Path, progress: bool):
+    path = out / "checkpoints" / data.task / "digital"
+    if (path / "model.safetensors").exists():
+        _log(f"{data.task}: reusing digital checkpoint {path}")
+        return _load_checkpoint(path)
+    fcfg = cfg.finetune_for(data.task)
+    _log(f"{data.task}: digital fine-tuning ({len(data.train)} examples, {fcfg.epochs} epoch(s), lr {fcfg.learning_rate:g})")
+    model = copy.deepcopy(base)
+    t = time.time()
+    hist = finetune(model, data.train_loader(fcfg.batch_size, fcfg.seed), fcfg, progress=progress)
+    save_checkpoint(model, tok, path)
+    (path / "history.json").write_text(json.dumps({"losses": hist.losses, "seconds": time.time() - t}))
+    return model.eval()
+
+
+def _hwa_model(cfg: StudyConfig, data: TaskData, base: nn.Module, digital: nn.Module, tok,
+               out: Path, progress: bool):
+    """HWA fine-tune; returns (plain HF model with the trained weights, input ranges)."""
+    from .nn.convert import analog_layers, analogize
+    from .training import hwa_after_step, prepare_hwa, remove_hwa
+
+    path = out / "checkpoints" / data.task / "hwa"
+    ranges_path = path / "input_ranges.json"
+    if (path / "model.safetensors").exists() and ranges_path.exists():
+        _log(f"{data.task}: reusing HWA checkpoint {path}")
+        return _load_checkpoint(path), json.loads(ranges_path.read_text())
+    h = cfg.hwa
+    fcfg = cfg.finetune_for(data.task, h.finetune)
+    model = copy.deepcopy(digital if h.init_from == "digital" else base)
+    analogize(model, copy.deepcopy(cfg.analog))
+    prepare_hwa(model, h.recipe, calib_batches=data.calib)
+    _log(f"{data.task}: HWA fine-tuning ({fcfg.epochs} epoch(s), lr {fcfg.learning_rate:g}, "
+         f"noise {h.recipe.weight_noise} x{h.recipe.weight_noise_scale})")
+    t = time.time()
+    hist = finetune(model, data.train_loader(fcfg.batch_size, fcfg.seed + 7), fcfg,
+                    after_step=hwa_after_step(h.recipe), progress=progress)
+    remove_hwa(model)
+    ranges = {name: float(layer.input_range.detach()) for name, layer in analog_layers(model)}
+    save_checkpoint(model, tok, path)
+    ranges_path.write_text(json.dumps(ranges, indent=1))
+    (path / "history.json").write_text(json.dumps({"losses": hist.losses, "seconds": time.time() - t}))
+    return _load_checkpoint(path), ranges
+
+
+def _attention_prepare(cfg: StudyConfig, calib: List[dict]):
+    from .nn.attention import AttentionQuantConfig, calibrate_attention, quantize_attention
+
+    def prepare(model: nn.Module, cond: Condition) -> None:
+        if cond.attention_bits is None:
+            return
+        acfg = copy.deepcopy(cfg.attention)
+        acfg = AttentionQuantConfig(**{**to_dict(acfg), "bits": cond.attention_bits})
+        quantize_attention(model, acfg)
+        calibrate_attention(model, calib)
+    return prepare
+
+
+def environment() -> dict:
+    import transformers
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "platform": platform.platform(),
+            "cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}
+
+
+def write_hardware_summaries(cfg: StudyConfig, model: nn.Module, out: Path) -> None:
+    """tiles.md/.png (tile mapping of the model) and energy.md (attention MAC energy)."""
+    from .energy import attention_energy_table, render_markdown
+    from .mapping import MappingConfig, map_model, plot_tile_layout
+
+    tm = map_model(model, MappingConfig.from_tile_config(cfg.analog.tile))
+    (out / "tiles.md").write_text(tm.to_markdown())
+    plot_tile_layout(tm, str(out / "tiles.png"))
+    seq = sorted({cfg.data.max_length, 512})
+    (out / "energy.md").write_text(render_markdown(attention_energy_table(model.config, seq_lens=seq)))
+
+
+def run_study(cfg: StudyConfig, out_dir: Optional[str] = None, progress: bool = True) -> Path:
+    """Run (or continue) the study; returns the path of report.md."""
+    from .report import build_report
+
+    out = Path(out_dir or cfg.output_dir)
+    check_output_dir(out, cfg)
+    t0 = time.time()
+    model_src = cfg.model or default_model_path()
+    log = RecordLog(out / "results.jsonl")
+    if log.records:
+        _log(f"resuming: {len(log.records)} records already in {out / 'results.jsonl'}")
+    conditions = [CONDITIONS[c] for c in cfg.conditions]
+    needed = {c.model for c in conditions}
+    for i, task in enumerate(cfg.tasks):
+        base, tok = load_model_and_tokenizer(model_src, task, seed=cfg.seed)
+        data = TaskData(cfg, task, tok)
+        if i == 0 and not (out / "tiles.md").exists():
+            write_hardware_summaries(cfg, base, out)
+        models = {"digital": _digital_model(cfg, data, base, tok, out, progress)}
+        ranges: Dict[str, Dict[str, float]] = {}
+        if "hwa" in needed:
+            models["hwa"], ranges["hwa"] = _hwa_model(cfg, data, base, models["digital"], tok, out, progress)
+        if "pruned" in needed:
+            from .study_pruning import pruned_model
+            models["pruned"] = pruned_model(cfg, data, models, tok, out, progress, log)
+        for key, batches in data.evals.items():
+            _log(f"{key}: evaluating {len(conditions)} condition(s) × {len(cfg.sweep.times_seconds)} "
+                 f"time(s) × {cfg.sweep.repeats} repeat(s)")
+            run_time_sweep(models, key, conditions,
+                           evaluate=lambda m, b=batches, k=key: evaluate(m, b, k),
+                           headline=lambda met, k=key: headline_value(k, met),
+                           analog_cfg=cfg.analog, cfg=cfg.sweep, log=log,
+                           calib_batches=data.calib, progress=progress,
+                           prepare=_attention_prepare(cfg, data.calib), input_ranges=ranges)
+    env = environment()
+    env["wall_seconds_this_run"] = round(time.time() - t0, 1)
+    (out / "environment.json").write_text(json.dumps(env, indent=1))
+    report = build_report(out)
+    _log(f"done in {time.time() - t0:.0f} s: {report}")
+    return report

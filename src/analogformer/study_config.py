@@ -1,0 +1,171 @@
+"""The study config: one YAML file describing a whole experiment.
+
+Composed of the per-concern configs (`AnalogConfig`, `FinetuneConfig`, `SweepConfig`,
+`AttentionQuantConfig`, `HWAConfig`, `PruneConfig`). Loading is strict: unknown keys and
+wrong types are errors naming the key path and the allowed keys/values. `--set a.b=v`
+overrides are applied to the dict before validation.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import yaml
+
+from .config import AnalogConfig, _check_choice, _check_positive, _fail, from_dict, to_dict
+from .finetune import FinetuneConfig
+from .nn.attention import AttentionQuantConfig
+from .pruning import PruneConfig
+from .sweep import CONDITIONS, SweepConfig
+
+
+@dataclass
+class DataConfig:
+    """Where the GLUE data comes from. `glue_dir` (a folder in the standard GLUE layout)
+    is used when set; `glue_dir: null` loads HF `datasets` ("glue", task) from the hub."""
+
+    glue_dir: Optional[str] = "../shared/data/glue"
+    max_train_examples: Optional[int] = None
+    max_eval_examples: Optional[int] = None
+    max_length: int = 128
+
+    def __post_init__(self):
+        _check_positive(self, "max_train_examples", allow_none=True, integer=True)
+        _check_positive(self, "max_eval_examples", allow_none=True, integer=True)
+        _check_positive(self, "max_length", integer=True)
+
+
+@dataclass
+class HWAStudyConfig:
+    """HWA fine-tuning in a study: the noise/clipping recipe (`recipe`) and the
+    optimisation (`finetune`, by default the digital recipe's values). `init_from`:
+    start from the "digital" fine-tuned checkpoint or from the "pretrained" model."""
+
+    recipe: Any = None  # an analogformer.training.HWAConfig (or its fields as a mapping)
+    finetune: Dict[str, Any] = field(default_factory=dict)
+    init_from: str = "digital"
+
+    def __post_init__(self):
+        from .training import HWAConfig  # training pulls in the whole nn stack: import late
+
+        _check_choice(self, "init_from", {"digital", "pretrained"})
+        if self.recipe is None:
+            self.recipe = HWAConfig()
+        elif isinstance(self.recipe, dict):
+            self.recipe = from_dict(HWAConfig, self.recipe, prefix="hwa.recipe")
+        elif not isinstance(self.recipe, HWAConfig):
+            _fail("HWAStudyConfig", "recipe", f"must be a mapping of HWAConfig fields, got {self.recipe!r}")
+
+
+@dataclass
+class PruneStudyConfig:
+    """Prune a fine-tuned model, retrain with the masks held, evaluate it on tiles."""
+
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    source: str = "digital"
+    calibration_batches: int = 8
+    retrain: Dict[str, Any] = field(default_factory=dict)  # FinetuneConfig overrides
+    compact: bool = True
+
+    def __post_init__(self):
+        _check_choice(self, "source", {"digital", "hwa"})
+        _check_positive(self, "calibration_batches", integer=True)
+        if isinstance(self.prune, dict):
+            self.prune = from_dict(PruneConfig, self.prune, prefix="pruning.prune")
+
+
+@dataclass
+class StudyConfig:
+    """Everything one `analogformer study` run does."""
+
+    model: Optional[str] = None  # hub name or local path; None = the bundled MiniLM
+    tasks: Tuple[str, ...] = ("sst2",)
+    seed: int = 0
+    output_dir: str = "runs/study"
+    data: DataConfig = field(default_factory=DataConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    finetune_per_task: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    analog: AnalogConfig = field(default_factory=AnalogConfig)
+    attention: AttentionQuantConfig = field(default_factory=lambda: AttentionQuantConfig(bits=None))
+    hwa: Optional[HWAStudyConfig] = None
+    pruning: Optional[PruneStudyConfig] = None
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    conditions: Tuple[str, ...] = ("digital", "analog-nocomp", "analog", "analog-gamma0.5")
+
+    def __post_init__(self):
+        from .tasks import resolve_task
+
+        if isinstance(self.tasks, str) or not self.tasks:
+            _fail("StudyConfig", "tasks", "must be a non-empty list of GLUE task names")
+        for t in self.tasks:
+            try:
+                resolve_task(t)
+            except (KeyError, ValueError) as e:
+                _fail("StudyConfig", "tasks", str(e).strip("'\""))
+        for c in self.conditions:
+            if c not in CONDITIONS:
+                _fail("StudyConfig", "conditions", f"unknown condition {c!r}; allowed: {list(CONDITIONS)}")
+        models = {CONDITIONS[c].model for c in self.conditions}
+        if "hwa" in models and self.hwa is None:
+            _fail("StudyConfig", "conditions", "an 'hwa*' condition needs an `hwa:` section")
+        if "pruned" in models and self.pruning is None:
+            _fail("StudyConfig", "conditions", "a 'pruned*' condition needs a `pruning:` section")
+        for task, over in self.finetune_per_task.items():
+            if not isinstance(over, dict):
+                _fail("StudyConfig", "finetune_per_task", f"{task}: expected a mapping of FinetuneConfig fields")
+            self.finetune_for(task)  # validates the override keys now, not mid-run
+
+    def finetune_for(self, task: str, overrides: Optional[Dict[str, Any]] = None) -> FinetuneConfig:
+        base = to_dict(self.finetune)
+        base.update(self.finetune_per_task.get(task, {}))
+        base.update(overrides or {})
+        return from_dict(FinetuneConfig, base, prefix=f"finetune_per_task.{task}")
+
+
+# ------------------------------------------------------------------ YAML + overrides
+
+def parse_override(text: str) -> Tuple[str, Any]:
+    """'analog.adc.bits=8' -> ('analog.adc.bits', 8) (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ValueError(f"--set {text!r}: expected KEY=VALUE, e.g. --set analog.adc.bits=8")
+    key, _, raw = text.partition("=")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_override(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        if node.get(p) is None:
+            node[p] = {}
+        if not isinstance(node[p], dict):
+            raise ValueError(f"--set {key}: {p!r} is not a section")
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def load_study_config(path: Optional[str] = None, overrides=()) -> StudyConfig:
+    """Read a YAML study file (or the defaults when `path` is None) and apply overrides."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"study config {p} does not exist; presets are in configs/ "
+                             "(e.g. configs/quickstart.yaml)")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{p}: the top level must be a mapping of study keys")
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, value = parse_override(item) if isinstance(item, str) else item
+        apply_override(data, key, value)
+    return from_dict(StudyConfig, data)
+
+
+def dump_study_config(cfg: StudyConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,382 @@
+"""Hardware-aware (HWA) training: weight noise in the forward, weight clipping, learned
+DAC input ranges, optional learned digital output scales (SPEC §4.2, seed 001 §2.2.2).
+
+    import analogformer as af
+    from analogformer.training import HWAConfig, prepare_hwa, hwa_after_step, remove_hwa
+    model = af.analogize(model, af.AnalogConfig())
+    hwa = HWAConfig(weight_noise="pcm", weight_noise_scale=1.0, clip="sigma", clip_sigma=2.5)
+    prepare_hwa(model, hwa, calib_batches=train_batches)
+    finetune(model, loader, FinetuneConfig(...), after_step=hwa_after_step(hwa))
+    remove_hwa(model)
+    af.program(model, seed=0); af.drift(model, 2_592_000)
+
+What AnalogLinear already does in training mode (`module.train()`): live weights
+normalized per tile (or column) to [-1, 1], DAC quantization with a straight-through
+gradient over the learnable range `input_range` (clipped inputs give r its gradient, as
+in PACT), output noise and ADC. This module adds the weight-noise hook
+(`AnalogLinear.weight_noise`), clipping after each optimizer step, range initialisation
+from data and optimizer parameter groups. All noise is additive and detached, so the
+gradient reaches the weights straight through; it is drawn from the global torch RNG and
+resampled on every forward.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, List, Optional
+
+import torch
+from torch import nn
+
+from .config import PCMConfig
+from .device.pcm import prog_noise_std
+from .inference import calibrate_input_ranges
+from .nn.convert import analog_layers
+from .nn.linear import AnalogLinear
+
+__all__ = ["HWAConfig", "GaussianWeightNoise", "PCMWeightNoise", "prepare_hwa", "remove_hwa",
+           "clip_weights", "clamp_input_ranges", "hwa_after_step", "param_groups",
+           "input_range_parameters", "HWACallback", "OUTPUT_SCALE"]
+
+OUTPUT_SCALE = "hwa_output_scale"  # name of the per-column digital output scale Parameter
+
+
+def _fail(name: str, msg: str) -> None:
+    raise ValueError(f"HWAConfig.{name}: {msg}")
+
+
+def _is_number(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+@dataclass
+class HWAConfig:
+    """Hardware-aware training knobs. `None` switches a feature off.
+
+    weight_noise: "gaussian" | "pcm" | None.
+      * "gaussian": w_n + scale·N(0, 1) on the normalized weight w_n = W / w_max, i.e.
+        `weight_noise_scale` is the std relative to each tile's (or column's) max |W|.
+      * "pcm": programming-noise-like: G± = max(±w_n, 0)·g_max each get
+        scale·σ_prog(G±)·N(0, 1) (SPEC §2 curve, with the layer's PCMConfig incl. γ), the
+        noise on w_n is their difference / g_max, so `weight_noise_scale` multiplies the
+        physical programming noise. A zero-target device gets σ_prog(0) = c0 too.
+    clip: "fixed" (|W| ≤ clip_value, absolute weight units) | "sigma" (|W| ≤
+      clip_sigma·std(W), std over the layer or over each output column, population std)
+      | None. Applied once by `prepare_hwa` and after every optimizer step.
+    learn_input_ranges: DAC ranges r get gradients (else frozen).
+    input_range_init: "data" (the `input_range_percentile` of |x| seen by each layer on
+      up to `input_range_batches` calibration batches; max |x| when the percentile is
+      None) | "config" (reset to each layer's `config.dac.init_range`) | None (keep).
+    input_range_lr: learning rate of the ranges in `param_groups` (no weight decay).
+    input_range_min: ranges are kept ≥ this after every step (a range at 0 divides by 0).
+    output_scales: add a learned digital scale per output column (after the ADC, before
+      the bias), a Parameter `hwa_output_scale` in the layer's state_dict.
+    """
+
+    weight_noise: Optional[str] = "pcm"
+    weight_noise_scale: float = 1.0
+    clip: Optional[str] = "sigma"
+    clip_value: Optional[float] = None
+    clip_sigma: Optional[float] = 2.5
+    clip_granularity: str = "layer"
+    learn_input_ranges: bool = True
+    input_range_init: Optional[str] = "data"
+    input_range_percentile: Optional[float] = 99.99
+    input_range_batches: int = 10
+    input_range_lr: float = 1e-2
+    input_range_min: float = 1e-3
+    output_scales: bool = False
+
+    def __post_init__(self):
+        choices = {"weight_noise": ("gaussian", "pcm", None), "clip": ("fixed", "sigma", None),
+                   "clip_granularity": ("layer", "column"),
+                   "input_range_init": ("data", "config", None)}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                _fail(name, f"must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if not _is_number(self.weight_noise_scale) or self.weight_noise_scale < 0:
+            _fail("weight_noise_scale", f"must be a finite number >= 0, got {self.weight_noise_scale!r}")
+        if self.clip == "fixed" and not (_is_number(self.clip_value) and self.clip_value > 0):
+            _fail("clip_value", f"must be a number > 0 when clip='fixed', got {self.clip_value!r}")
+        if self.clip_value is not None and not (_is_number(self.clip_value) and self.clip_value > 0):
+            _fail("clip_value", f"must be a number > 0 or None, got {self.clip_value!r}")
+        if self.clip == "sigma" and not (_is_number(self.clip_sigma) and self.clip_sigma > 0):
+            _fail("clip_sigma", f"must be a number > 0 when clip='sigma', got {self.clip_sigma!r}")
+        if self.clip_sigma is not None and not (_is_number(self.clip_sigma) and self.clip_sigma > 0):
+            _fail("clip_sigma", f"must be a number > 0 or None, got {self.clip_sigma!r}")
+        for name in ("learn_input_ranges", "output_scales"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(name, f"must be True or False, got {getattr(self, name)!r}")
+        p = self.input_range_percentile
+        if p is not None and not (_is_number(p) and 0 < p <= 100):
+            _fail("input_range_percentile", f"must be in (0, 100] or None (max |x|), got {p!r}")
+        n = self.input_range_batches
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            _fail("input_range_batches", f"must be an int >= 1, got {n!r}")
+        for name in ("input_range_lr", "input_range_min"):
+            v = getattr(self, name)
+            if not (_is_number(v) and v > 0):
+                _fail(name, f"must be a finite number > 0, got {v!r}")
+
+
+# ---------------------------------------------------------------- weight-noise hooks
+
+class GaussianWeightNoise:
+    """w_n + scale·N(0, 1): std `scale` in normalized units (relative to w_max)."""
+
+    def __init__(self, scale: float):
+        self.scale = float(scale)
+
+    def __call__(self, wn: torch.Tensor) -> torch.Tensor:
+        return wn + torch.randn_like(wn, requires_grad=False).mul_(self.scale)
+
+    def std(self, wn: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(wn, self.scale)
+
+    def __repr__(self) -> str:
+        return f"GaussianWeightNoise(scale={self.scale:g})"
+
+
+class PCMWeightNoise:
+    """Programming-noise-like weight noise on the differential pair of each normalized weight.
+
+    noise = scale·(σ_prog(G+)·N1 − σ_prog(G−)·N2)/g_max with G± = max(±w_n, 0)·g_max.
+    N1, N2 are independent and symmetric, so this is drawn as one normal of std
+    scale·sqrt(σ_prog(G+)² + σ_prog(G−)²)/g_max: the same distribution, half the draws.
+    """
+
+    def __init__(self, scale: float, pcm: PCMConfig):
+        self.scale = float(scale)
+        self.pcm = pcm
+
+    def std(self, wn: torch.Tensor) -> torch.Tensor:
+        g_max = self.pcm.g_max_us
+        a = wn.detach().abs() * g_max  # the device that holds the weight; the other is at 0
+        s_on = prog_noise_std(a, self.pcm)
+        s_off = self.pcm.gamma * max(self.pcm.prog_coeffs_us[0] * g_max / 25.0, 0.0)  # σ_prog(0)
+        return (s_on.square_().add_(s_off * s_off)).sqrt_().mul_(self.scale / g_max)
+
+    def __call__(self, wn: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            noise = self.std(wn).mul_(torch.randn_like(wn))
+        return wn + noise
+
+    def __repr__(self) -> str:
+        return f"PCMWeightNoise(scale={self.scale:g}, gamma={self.pcm.gamma:g})"
+
+
+def _make_noise(cfg: HWAConfig, layer: AnalogLinear):
+    if cfg.weight_noise is None or cfg.weight_noise_scale == 0:
+        return None
+    if cfg.weight_noise == "gaussian":
+        return GaussianWeightNoise(cfg.weight_noise_scale)
+    return PCMWeightNoise(cfg.weight_noise_scale, layer.config.pcm)
+
+
+# ---------------------------------------------------------------- output scales
+
+def _output_scale_hook(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
+    """Digital per-column output scale after the ADC, before the bias: (y − b)·s + b."""
+    s = getattr(module, OUTPUT_SCALE)
+    if module.bias is None:
+        return output * s
+    return torch.addcmul(module.bias * (1 - s), output, s)
+
+
+def _has_scale_hook(layer: nn.Module) -> bool:
+    return any(h is _output_scale_hook for h in layer._forward_hooks.values())
+
+
+def _add_output_scale(layer: AnalogLinear) -> None:
+    if getattr(layer, OUTPUT_SCALE, None) is None:
+        w = layer.weight
+        layer.register_parameter(OUTPUT_SCALE, nn.Parameter(
+            torch.ones(layer.out_features, device=w.device, dtype=w.dtype)))
+    if not _has_scale_hook(layer):
+        layer.register_forward_hook(_output_scale_hook)
+
+
+@torch.no_grad()
+def _drop_output_scale(layer: AnalogLinear, fold: bool) -> None:
+    # hooks are found by identity, not by stored handles: a handle in a deep-copied model
+    # would still point at the original module's hook dict
+    for key in [k for k, h in layer._forward_hooks.items() if h is _output_scale_hook]:
+        del layer._forward_hooks[key]
+    s = layer._parameters.get(OUTPUT_SCALE)
+    if s is None:
+        return
+    if fold:  # (x·W_iᵀ)·s_i = x·(s_i·W_i)ᵀ: exact for ideal devices
+        layer.weight.mul_(s.detach().unsqueeze(1).to(layer.weight.dtype))
+    del layer._parameters[OUTPUT_SCALE]
+
+
+# ---------------------------------------------------------------- public verbs
+
+def _require_analog(model: nn.Module, verb: str):
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{verb}: model must be a torch.nn.Module, got {type(model).__name__}")
+    layers = analog_layers(model)
+    if not layers:
+        raise ValueError(f"{verb}: the model has no AnalogLinear layers; call "
+                         "analogformer.analogize(model, cfg) first")
+    return layers
+
+
+def _check_cfg(cfg, verb: str) -> None:
+    if not isinstance(cfg, HWAConfig):
+        raise ValueError(f"{verb}: hwa_cfg must be an HWAConfig, got {type(cfg).__name__}")
+
+
+def prepare_hwa(model: nn.Module, hwa_cfg: HWAConfig,
+                calib_batches: Optional[Iterable] = None) -> nn.Module:
+    """Set an analogized model up for HWA training, in place; returns it.
+
+    Installs the weight-noise hook on every AnalogLinear (active in train mode only),
+    initialises DAC ranges (from `calib_batches`, dicts of model kwargs or tensors, when
+    `input_range_init="data"`), sets their requires_grad, adds output scales if
+    configured, and clips the weights once. Calling it again replaces the previous setup.
+    """
+    _check_cfg(hwa_cfg, "prepare_hwa")
+    layers = _require_analog(model, "prepare_hwa")
+    if hwa_cfg.input_range_init == "data":
+        if calib_batches is None:
+            raise ValueError("prepare_hwa: HWAConfig.input_range_init='data' needs calib_batches "
+                             "(an iterable of model-kwargs dicts); pass them, or set "
+                             "input_range_init='config' or None")
+        calibrate_input_ranges(model, itertools.islice(calib_batches, hwa_cfg.input_range_batches),
+                               percentile=hwa_cfg.input_range_percentile)
+    for _, layer in layers:
+        layer.weight_noise = _make_noise(hwa_cfg, layer)
+        if hwa_cfg.input_range_init == "config":
+            layer.input_range.data.fill_(layer.config.dac.init_range)
+        layer.input_range.requires_grad_(hwa_cfg.learn_input_ranges)
+        if hwa_cfg.output_scales:
+            _add_output_scale(layer)
+        else:
+            _drop_output_scale(layer, fold=True)
+    clip_weights(model, hwa_cfg)
+    clamp_input_ranges(model, hwa_cfg.input_range_min)
+    return model
+
+
+def remove_hwa(model: nn.Module, fold_output_scales: bool = True) -> nn.Module:
+    """Remove the weight-noise hooks; clipped weights and learned ranges stay.
+
+    Learned output scales are folded into the weights (W_i ← s_i·W_i, exact in ideal
+    math; the tile normalization then sees the scaled weights) and their Parameter and
+    hook removed, so the state_dict has nn.Linear's keys again. With
+    `fold_output_scales=False` they stay as they are (Parameter and hook).
+    """
+    for _, layer in _require_analog(model, "remove_hwa"):
+        layer.weight_noise = None
+        if fold_output_scales:
+            _drop_output_scale(layer, fold=True)
+    return model
+
+
+def _unique(params) -> List[nn.Parameter]:
+    seen, out = set(), []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def input_range_parameters(model: nn.Module) -> List[nn.Parameter]:
+    """The DAC range Parameter of every analog layer (shared ones once)."""
+    return _unique(layer.input_range for _, layer in analog_layers(model))
+
+
+@torch.no_grad()
+def clip_weights(model: nn.Module, hwa_cfg: HWAConfig) -> nn.Module:
+    """Clip every AnalogLinear weight in place per `hwa_cfg.clip` (no-op when None).
+
+    "fixed": |W| ≤ clip_value. "sigma": |W| ≤ clip_sigma·std(W), the population std of
+    the layer (granularity "layer") or of each output column = weight row ("column"),
+    taken before clipping.
+    """
+    _check_cfg(hwa_cfg, "clip_weights")
+    layers = _require_analog(model, "clip_weights")
+    if hwa_cfg.clip is None:
+        return model
+    for w in _unique(layer.weight for _, layer in layers):
+        if hwa_cfg.clip == "fixed":
+            w.clamp_(-hwa_cfg.clip_value, hwa_cfg.clip_value)
+            continue
+        if hwa_cfg.clip_granularity == "column":
+            bound = w.std(dim=1, correction=0, keepdim=True).mul_(hwa_cfg.clip_sigma)
+        else:
+            bound = w.std(correction=0).mul_(hwa_cfg.clip_sigma)
+        torch.minimum(w, bound, out=w)
+        torch.maximum(w, -bound, out=w)
+    return model
+
+
+@torch.no_grad()
+def clamp_input_ranges(model: nn.Module, minimum: float) -> nn.Module:
+    """Keep every DAC range ≥ `minimum` (a learned range must never reach 0)."""
+    for p in input_range_parameters(model):
+        p.clamp_(min=minimum)
+    return model
+
+
+def hwa_after_step(hwa_cfg: HWAConfig) -> Callable[[nn.Module], None]:
+    """`after_step(model)` for `analogformer.finetune.finetune`: clip weights and keep
+    ranges positive after every optimizer step."""
+    _check_cfg(hwa_cfg, "hwa_after_step")
+
+    def after_step(model: nn.Module) -> None:
+        clip_weights(model, hwa_cfg)
+        clamp_input_ranges(model, hwa_cfg.input_range_min)
+
+    return after_step
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.01,
+                 input_range_lr: Optional[float] = None) -> List[dict]:
+    """AdamW groups: matrices with weight decay; biases, LayerNorm and output scales
+    (ndim < 2) without; DAC ranges without decay at `input_range_lr` (`lr` when None).
+    Only parameters with requires_grad; empty groups are left out."""
+    ranges = [p for p in input_range_parameters(model) if p.requires_grad]
+    range_ids = {id(p) for p in ranges}
+    rest = [p for p in _unique(model.parameters()) if p.requires_grad and id(p) not in range_ids]
+    groups = [{"params": [p for p in rest if p.ndim >= 2], "weight_decay": weight_decay, "lr": lr},
+              {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0, "lr": lr},
+              {"params": ranges, "weight_decay": 0.0,
+               "lr": lr if input_range_lr is None else input_range_lr}]
+    return [g for g in groups if g["params"]]
+
+
+# ---------------------------------------------------------------- HF Trainer callback
+
+def _make_callback_class():
+    try:
+        from transformers import TrainerCallback
+    except ImportError as err:  # transformers is optional for plain PyTorch models
+        raise ImportError("HWACallback needs transformers (`pip install transformers`)") from err
+
+    class HWACallback(TrainerCallback):
+        """HF `Trainer` callback: clips weights and keeps DAC ranges positive after every
+        optimizer step. Give the Trainer `optimizers=(AdamW(param_groups(...)), None)`
+        to train the ranges at their own learning rate."""
+
+        def __init__(self, hwa_cfg: HWAConfig):
+            self.after_step = hwa_after_step(hwa_cfg)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if model is not None:
+                self.after_step(model)
+            return control
+
+    return HWACallback
+
+
+def __getattr__(name: str):
+    # HWACallback is built on first use so importing this module does not import transformers
+    if name == "HWACallback":
+        cls = _make_callback_class()
+        globals()["HWACallback"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

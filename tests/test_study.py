@@ -1,0 +1,177 @@
+"""End-to-end `analogformer study` on a tiny random BERT and a tiny GLUE folder; config
+validation and round trip; resume after interruption."""
+import json
+import random
+
+import pytest
+import yaml
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+from analogformer.cli import main
+from analogformer.config import from_dict, to_dict
+from analogformer.study_config import StudyConfig, load_study_config
+
+FILLER = ["the", "a", "movie", "film", "was", "is", "plot", "actors", "really", "quite"]
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad"] + FILLER
+
+
+def _sentence(rng, label):
+    words = [rng.choice(FILLER) for _ in range(rng.randint(2, 7))]
+    words.insert(rng.randint(0, len(words)), "good" if label else "bad")
+    return " ".join(words)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    rng = random.Random(0)
+    glue = root / "glue"
+    (glue / "SST-2").mkdir(parents=True)
+    (glue / "MRPC").mkdir(parents=True)
+    for split, n in (("train", 96), ("dev", 24)):
+        rows = ["sentence\tlabel"]
+        for _ in range(n):
+            y = rng.randint(0, 1)
+            rows.append(f"{_sentence(rng, y)}\t{y}")
+        (glue / "SST-2" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+        rows = ["Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
+        for i in range(n):
+            y = rng.randint(0, 1)
+            rows.append(f"{y}\t{i}\t{i + 1000}\t{_sentence(rng, y)}\t{_sentence(rng, rng.randint(0, 1))}")
+        (glue / "MRPC" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    model_dir = root / "tiny-bert"
+    vocab = root / "vocab.txt"
+    vocab.write_text("\n".join(WORDS) + "\n")
+    tok = BertTokenizer(vocab=str(vocab))
+    cfg = BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    BertForSequenceClassification(cfg).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    return root, glue, model_dir
+
+
+def _config(root, glue, model_dir, **extra):
+    cfg = {"model": str(model_dir), "tasks": ["sst2", "mrpc"], "seed": 0,
+           "data": {"glue_dir": str(glue)},
+           "finetune": {"epochs": 8, "batch_size": 16, "learning_rate": 5e-3},
+           "analog": {"tile": {"rows": 16, "cols": 16}},
+           "sweep": {"times_seconds": [1, 2592000], "repeats": 2, "calibration_batches": 2,
+                     "eval_batch_size": 8},
+           "conditions": ["digital", "analog-nocomp", "analog", "analog-gamma0.5"]}
+    cfg.update(extra)
+    path = root / f"study_{len(list(root.glob('study_*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _records(out):
+    return [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines() if l.strip()]
+
+
+def test_study_end_to_end_and_resume(setup):
+    root, glue, model_dir = setup
+    cfg_path = _config(root, glue, model_dir)
+    out = root / "out"
+    assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
+    recs = _records(out)
+    # per task: 1 digital + 3 analog conditions × 2 times × 2 repeats
+    assert len(recs) == 2 * (1 + 3 * 2 * 2)
+    keys = {(r["task"], r["condition"], r["t_seconds"], r["repeat"]) for r in recs}
+    assert len(keys) == len(recs)
+    assert ("mrpc", "analog", 2592000.0, 1) in keys and ("sst2", "digital", None, 0) in keys
+    mrpc = next(r for r in recs if r["task"] == "mrpc")
+    assert set(mrpc["metrics"]) == {"accuracy", "f1", "acc_and_f1"}
+    # the toy task is learnable: the digital model is well above chance
+    assert next(r for r in recs if r["task"] == "sst2" and r["condition"] == "digital")["headline"] >= 0.75
+    for f in ("results.json", "report.md", "report.html", "metric_vs_time_sst2.png",
+              "metric_vs_time_mrpc.png", "tiles.png", "config.yaml", "environment.json"):
+        assert (out / f).exists(), f
+    assert len(json.loads((out / "results.json").read_text())) == len(recs)
+    assert "SST-2" in (out / "report.md").read_text()
+
+    # interrupt: drop the last 5 records and leave a half-written line; re-run continues
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text("\n".join(lines[:-5]) + "\n" + lines[-5][:20])
+    with pytest.warns(UserWarning, match="truncated"):
+        assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
+    again = _records(out)
+    assert len(again) == len(recs)
+    # seeded per (repeat, time, condition): the re-done records are bit-identical
+    assert sorted(json.dumps(r, sort_keys=True) for r in again) == sorted(json.dumps(r, sort_keys=True) for r in recs)
+
+
+def test_rerun_with_different_config_is_refused(setup, capsys):
+    root, glue, model_dir = setup
+    out = root / "out2"
+    out.mkdir()
+    (out / "config.yaml").write_text("tasks: [rte]\n")
+    assert main(["study", str(_config(root, glue, model_dir)), "--out", str(out)]) == 2
+    assert "different config" in capsys.readouterr().err
+
+
+def test_pruning_step_in_study(setup):
+    root, glue, model_dir = setup
+    cfg_path = _config(root, glue, model_dir, tasks=["sst2"], conditions=["digital", "pruned"],
+                       pruning={"prune": {"criterion": "mac", "structure": "rows", "blocks": ["fc2"],
+                                          "ratio": 0.25},
+                                "calibration_batches": 2, "retrain": {"epochs": 1}})
+    out = root / "out_prune"
+    assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
+    recs = _records(out)
+    stages = {r["stage"]: r for r in recs if r["condition"].startswith("prune:")}
+    assert set(stages) == {"dense", "pruned", "retrained"}
+    assert stages["pruned"]["prune_ratio"] == 0.25 and stages["dense"]["prune_ratio"] == 0.0
+    assert len([r for r in recs if r["condition"] == "pruned"]) == 2 * 2
+    from analogformer.pruning import load_compacted
+    pruned = load_compacted(str(out / "checkpoints" / "sst2" / "pruned"))
+    assert pruned.bert.encoder.layer[0].intermediate.dense.out_features == 48  # 64 − 25 %
+    assert (out / "pruning_tiles_sst2.png").exists() and (out / "mac_delta_sst2.png").exists()
+
+
+# ------------------------------------------------------------------ config
+
+def test_config_round_trip_yaml():
+    cfg = load_study_config(None, ["analog.adc.bits=8", "sweep.repeats=3", "tasks=[sst2, rte]",
+                                   "finetune_per_task={rte: {epochs: 5}}"])
+    data = yaml.safe_load(yaml.safe_dump(to_dict(cfg)))
+    back = from_dict(StudyConfig, data)
+    assert to_dict(back) == to_dict(cfg)
+    assert back.analog.adc.bits == 8 and back.sweep.repeats == 3 and back.tasks == ("sst2", "rte")
+    assert back.finetune_for("rte").epochs == 5 and back.finetune_for("sst2").epochs == 3
+
+
+@pytest.mark.parametrize("override, message", [
+    ("analog.adc.bitz=8", r"analog\.adc: unknown key\(s\) \['bitz'\]; allowed: \['bits', 'bound'"),
+    ("analog.adc.bits=0", r"ADCConfig\.bits: must be > 0"),
+    ("analog.tile.rows=0", r"TileConfig\.rows: must be > 0"),
+    ("sweep.repeats=two", r"sweep\.repeats: expected int, got str"),
+    ("sweep.times_seconds=[-1]", r"times must be finite and >= 0"),
+    ("tasks=[wnli]", r"StudyConfig\.tasks"),
+    ("conditions=[analog, magic]", r"unknown condition 'magic'; allowed"),
+    ("conditions=[hwa]", r"needs an `hwa:` section"),
+    ("finetune.learning_rate=-1", r"learning_rate"),
+    ("finetune_per_task={sst2: {epochz: 1}}", r"finetune_per_task\.sst2: unknown key"),
+    ("analog.tile.split_policy=random", r"split_policy: must be one of \['balanced', 'fill_first'\]"),
+    ("mystery=1", r"unknown key\(s\) \['mystery'\]"),
+    ("analog.adc=5", r"analog\.adc: expected ADCConfig"),
+])
+def test_bad_config_errors_name_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_study_config(None, [override])
+
+
+def test_bad_yaml_file_errors(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_text("tasks: [sst2\n")
+    assert main(["study", str(p)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert main(["study", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_map_command_counts_bert_base(tmp_path, capsys):
+    assert main(["map", "bert-base", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    # BERT-base: per layer Q,K,V,O 768x768 -> 2x2 tiles each, FC1/FC2 768x3072 -> 2x6 each: 40 x 12
+    assert "480" in text
+    assert (tmp_path / "tiles.png").stat().st_size > 1000
