@@ -22,31 +22,44 @@ def cmd_study(a) -> int:
     return 0
 
 
-def cmd_evaluate(a) -> int:
-    """A saved (fine-tuned) sequence-classification model over time: no training."""
+def _study_on_checkpoint(a, conditions, extra=()) -> int:
+    """Run a study whose digital model is an already fine-tuned checkpoint (no training)."""
+    import shutil
+
     from .study import run_study
     from .study_config import load_study_config
+    from .tasks import resolve_task
     ckpt = Path(a.checkpoint)
     if not (ckpt / "config.json").is_file():
         raise ValueError(f"{ckpt} is not a saved model folder (no config.json); pass the folder "
                          "written by save_pretrained / `analogformer study` (checkpoints/TASK/digital)")
-    over = [("model", str(ckpt)), ("tasks", [a.task]),
-            ("conditions", a.conditions.split(",")), ("finetune.epochs", 1)] + list(a.overrides)
+    over = [("model", str(ckpt)), ("tasks", [a.task]), ("conditions", conditions)] + list(extra)
     if a.glue_dir:
         over.append(("data.glue_dir", a.glue_dir))
-    cfg = load_study_config(a.config, over)
+    cfg = load_study_config(a.config, over + list(a.overrides))
     out = Path(a.out)
-    # the checkpoint is already fine-tuned: register it as the study's digital model
-    from .tasks import resolve_task
     target = out / "checkpoints" / resolve_task(a.task)[0].name / "digital"
     if not (target / "model.safetensors").exists():
-        import shutil
         target.mkdir(parents=True, exist_ok=True)
         for f in ckpt.iterdir():
             if f.is_file():
                 shutil.copy2(f, target / f.name)
     run_study(cfg, out_dir=str(out), progress=not a.no_progress)
     return 0
+
+
+def cmd_evaluate(a) -> int:
+    """A saved (fine-tuned) sequence-classification model over time: no training."""
+    return _study_on_checkpoint(a, a.conditions.split(","))
+
+
+def cmd_prune(a) -> int:
+    """Prune a saved fine-tuned model, retrain with masks, compact, evaluate on tiles."""
+    from .study_config import load_study_config
+    extra = []
+    if a.config is None or load_study_config(a.config).pruning is None:
+        extra.append(("pruning", {}))  # defaults: MAC-contribution rows of FC2, ratio 1/6
+    return _study_on_checkpoint(a, ["digital", "pruned"], extra)
 
 
 def cmd_map(a) -> int:
@@ -96,12 +109,6 @@ def _load_hf_config(name: str):
     except Exception as e:  # hub unreachable or unknown name
         raise ValueError(f"cannot load a model config {name!r}: {e}. Use a local folder with "
                          f"config.json or a preset: {sorted(PRESET_CONFIGS)}") from None
-
-
-def cmd_prune(a) -> int:
-    from .study_pruning import prune_checkpoint
-    prune_checkpoint(a)
-    return 0
 
 
 def cmd_report(a) -> int:
