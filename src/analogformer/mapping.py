@@ -322,6 +322,17 @@ class TileMap:
     def to_csv(self, path: str) -> str:
         return _write_csv(path, self.rows())
 
+    def block_markdown(self) -> str:
+        """Per-block summary (matrices, tiles, weights, occupancy) plus the chip total."""
+        rows = [{"block": b, "matrices": int(d["matrices"]), "tiles": int(d["tiles"]),
+                 "weights": f"{int(d['weights']):,}", "occupancy": f"{d['occupancy']:.1%}"}
+                for b, d in self.per_block().items()]
+        md = _markdown(rows) if rows else "(no analog matrices)\n"
+        chip = self.config.chip
+        return md + (f"\nTotal: {self.tiles_used} tiles of {self.config.tile_rows}×{self.config.tile_cols}, "
+                     f"{self.weights:,} weights, occupancy {self.occupancy:.1%}; "
+                     f"{self.chips_needed} × {chip.name} ({chip.tiles} tiles each)\n")
+
 
 def map_matrices(shapes: Sequence[MatrixShape], cfg: Optional[MappingConfig] = None) -> TileMap:
     cfg = cfg or MappingConfig()

@@ -152,7 +152,8 @@ def write_hardware_summaries(cfg: StudyConfig, model: nn.Module, out: Path) -> N
     from .mapping import MappingConfig, map_model, plot_tile_layout
 
     tm = map_model(model, MappingConfig.from_tile_config(cfg.analog.tile))
-    (out / "tiles.md").write_text(tm.to_markdown())
+    (out / "tiles.md").write_text(tm.block_markdown() + "\nPer matrix: `tiles.csv`.\n")
+    tm.to_csv(str(out / "tiles.csv"))
     plot_tile_layout(tm, str(out / "tiles.png"))
     seq = sorted({cfg.data.max_length, 512})
     (out / "energy.md").write_text(render_markdown(attention_energy_table(model.config, seq_lens=seq)))
