@@ -60,9 +60,9 @@ def test_gaussian_noise_std_is_scale_in_normalized_units():
     assert abs(n.mean().item()) < 4 * 0.05 / math.sqrt(n.numel())
 
 
-@pytest.mark.parametrize("gamma", [1.0, 0.5])
-def test_pcm_noise_follows_programming_noise_curve(gamma):
-    pcm = PCMConfig(gamma=gamma)
+@pytest.mark.parametrize("gamma,g_max", [(1.0, 25.0), (0.5, 25.0), (1.0, 10.0)])
+def test_pcm_noise_follows_programming_noise_curve(gamma, g_max):
+    pcm = PCMConfig(gamma=gamma, g_max_us=g_max)
     layer = ideal_layer(512, 200)
     layer.config.pcm = pcm
     levels = [0.0, 0.1, 0.5, 1.0]
@@ -74,19 +74,23 @@ def test_pcm_noise_follows_programming_noise_curve(gamma):
     prepare_hwa(layer, HWAConfig(weight_noise="pcm", weight_noise_scale=scale, **NOISE_ONLY))
     torch.manual_seed(2)
     n = injected_noise(layer).t()  # (out, in) like the weight
-    g_max = pcm.g_max_us
-    c0 = pcm.prog_coeffs_us[0] * gamma  # g_max = 25: coefficients unscaled
+    c0 = pcm.prog_coeffs_us[0] * gamma * g_max / 25.0  # σ_prog(0), coefficients scale with g_max
     for k, lvl in enumerate(levels):
         nk = n[50 * k:50 * (k + 1)].flatten()  # 25 600 samples: std known to ~0.5 %
         s_on = prog_noise_std(torch.tensor(lvl * g_max), pcm).item()
-        expected = scale * math.sqrt(s_on ** 2 + (gamma * pcm.prog_coeffs_us[0]) ** 2) / g_max
+        expected = scale * math.sqrt(s_on ** 2 + c0 ** 2) / g_max
         assert nk.std().item() == pytest.approx(expected, rel=0.03), lvl
         assert abs(nk.mean().item()) < 4 * expected / math.sqrt(nk.numel())
         if lvl == 0.0:  # both devices at 0: sqrt(2)·scale·c0/g_max
             assert nk.std().item() == pytest.approx(math.sqrt(2) * scale * c0 / g_max, rel=0.03)
-    # the curve itself: at w = 1 the "on" device noise is (c0 + c1 + c2)·γ
+    # the hook's closed form equals the SPEC curve on both devices of each pair
+    w = torch.linspace(-1, 1, 2001)
+    g_plus, g_minus = w.clamp(min=0) * g_max, (-w).clamp(min=0) * g_max
+    spec = scale * (prog_noise_std(g_plus, pcm) ** 2 + prog_noise_std(g_minus, pcm) ** 2).sqrt() / g_max
+    assert torch.allclose(layer.weight_noise.std(w), spec, rtol=1e-5, atol=0)
+    # the curve itself: at w = 1 the "on" device noise is (c0 + c1 + c2)·γ·g_max/25
     assert prog_noise_std(torch.tensor(g_max), pcm).item() == pytest.approx(
-        gamma * sum(pcm.prog_coeffs_us))
+        gamma * sum(pcm.prog_coeffs_us) * g_max / 25.0)
 
 
 def test_noise_resampled_per_forward_and_gradient_straight_through():

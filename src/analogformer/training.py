@@ -30,7 +30,6 @@ import torch
 from torch import nn
 
 from .config import PCMConfig
-from .device.pcm import prog_noise_std
 from .inference import calibrate_input_ranges
 from .nn.convert import analog_layers
 from .nn.linear import AnalogLinear
@@ -151,11 +150,18 @@ class PCMWeightNoise:
         self.pcm = pcm
 
     def std(self, wn: torch.Tensor) -> torch.Tensor:
-        g_max = self.pcm.g_max_us
-        a = wn.detach().abs() * g_max  # the device that holds the weight; the other is at 0
-        s_on = prog_noise_std(a, self.pcm)
-        s_off = self.pcm.gamma * max(self.pcm.prog_coeffs_us[0] * g_max / 25.0, 0.0)  # σ_prog(0)
-        return (s_on.square_().add_(s_off * s_off)).sqrt_().mul_(self.scale / g_max)
+        """Per-weight std of the injected noise, in normalized units.
+
+        σ_prog of `device.pcm.prog_noise_std`, evaluated in place (a dozen passes over the
+        weights, no temporaries): with a = |w_n| = g/g_max, σ = γ·max(c0 + c1·a + c2·a², 0).
+        """
+        pcm = self.pcm
+        c0, c1, c2 = (c * pcm.g_max_us / 25.0 for c in pcm.prog_coeffs_us)
+        a = wn.detach().abs()  # the device that holds the weight; the other is at 0
+        s_on = a.mul(c2).add_(c1).mul_(a).add_(c0).clamp_min_(0.0)
+        s_off = max(c0, 0.0)  # σ_prog(0) of the device at zero
+        k = pcm.gamma * self.scale / pcm.g_max_us
+        return s_on.square_().add_(s_off * s_off).sqrt_().mul_(k)
 
     def __call__(self, wn: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
