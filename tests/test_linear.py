@@ -138,10 +138,10 @@ def test_program_reproducible_and_repeats_independent():
     m = nn.Sequential(layer)
     x = torch.randn(4, 96)
     with torch.no_grad():
-        af.program(m, seed=3); af.drift(m, 3600); a = layer._w_read.clone(); ya = m(x)
-        af.program(m, seed=3); af.drift(m, 3600); b = layer._w_read.clone(); yb = m(x)
-        af.program(m, seed=4); af.drift(m, 3600); c = layer._w_read.clone()
-        af.drift(m, 3600); d = layer._w_read.clone()
+        af.program(m, seed=3); af.drift(m, 3600); a = layer.read_weights().clone(); ya = m(x)
+        af.program(m, seed=3); af.drift(m, 3600); b = layer.read_weights().clone(); yb = m(x)
+        af.program(m, seed=4); af.drift(m, 3600); c = layer.read_weights().clone()
+        af.drift(m, 3600); d = layer.read_weights().clone()
     assert torch.equal(a, b) and torch.equal(ya, yb)
     assert not torch.equal(a, c)
     # fresh read noise on each drift call, same programmed state underneath
@@ -151,8 +151,8 @@ def test_program_reproducible_and_repeats_independent():
     # independence: the programming-noise residuals of two seeds are uncorrelated
     w_norm = layer._to_tiles(layer.weight.detach()) / layer._w_scale.unsqueeze(1)
     with torch.no_grad():
-        af.program(m, seed=3); p3 = layer._w_read.clone()  # t = 0: programming noise only
-        af.program(m, seed=4); p4 = layer._w_read.clone()
+        af.program(m, seed=3); p3 = layer.read_weights().clone()  # t = 0: programming noise only
+        af.program(m, seed=4); p4 = layer.read_weights().clone()
     ra, rc = (p3 - w_norm).flatten(), (p4 - w_norm).flatten()
     assert ra.std() > 0.005
     assert abs(torch.corrcoef(torch.stack([ra, rc]))[0, 1].item()) < 0.1
@@ -273,3 +273,42 @@ def test_set_compensation_is_paired_and_read_seed_reproducible():
         af.drift(m, 3600)  # an unrelated read in between
         af.drift(m, 86400, read_seed=11)
         assert torch.equal(layer._w_read, w_read) and torch.equal(m(x), y_comp)
+
+
+@pytest.mark.parametrize("rows", [512, 40])  # one row tile; three row tiles with padding
+def test_fused_inference_path_matches_generic_pipeline(rows):
+    cfg = af.AnalogConfig(adc=ADCConfig(output_noise_std=None), tile=TileConfig(rows=rows, cols=32))
+    layer, lin = _layer(cfg, 100, 70)
+    x = torch.randn(16, 100, generator=torch.Generator().manual_seed(4)) * 2
+    layer.input_range.data.fill_(3.0)  # some inputs clip
+    m = nn.Sequential(layer)
+    with torch.no_grad():
+        af.program(m, 0)
+        af.drift(m, 3600)
+        fast = layer(x)
+    generic = layer(x).detach()  # grad enabled: the straight-through pipeline
+    step = (layer._out_scale * 3.0 * 10.0 / 511).max()  # one ADC code in output units
+    diff = (fast - generic).abs()
+    assert diff.max() <= step * 1.001  # at most one code where float rounding differs
+    assert (diff > 1e-5).float().mean() < 0.01
+    assert ((fast - lin(x)).std() / lin(x).std()) < 0.4  # heavy input clipping at r = 3
+
+
+def test_fused_path_sees_range_and_weight_changes():
+    layer, lin = _layer(af.AnalogConfig(adc=ADCConfig(output_noise_std=None)))
+    x = torch.randn(8, 96, generator=torch.Generator().manual_seed(1))
+    ref = lin(x).detach()  # before the shared weight is doubled below
+    with torch.no_grad():
+        layer.input_range.data.fill_(0.5)
+        y_small = layer(x)  # unprogrammed: live weights
+        layer.input_range.data.fill_(4.0)
+        y_big = layer(x)
+        layer.weight.data.mul_(2.0)
+        y_w2 = layer(x)
+        af.program(nn.Sequential(layer), 0)
+        y_p = layer(x)
+        layer.input_range.data.fill_(0.5)  # after programming: the cached r must not stick
+        y_p_small = layer(x)
+    assert (y_small - ref).std() > 3 * (y_big - ref).std()  # r = 0.5 clips, r = 4 does not
+    assert torch.allclose(y_w2 - lin.bias.detach(), 2 * (y_big - lin.bias.detach()), atol=0.05)
+    assert (y_p_small - y_p).abs().max() > 0.1

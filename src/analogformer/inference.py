@@ -72,7 +72,7 @@ def reseed_noise(model: nn.Module, seed: int) -> nn.Module:
     from (seed, layer index); the programmed conductances are untouched."""
     for i, (_, layer) in enumerate(_require_analog(model, "reseed_noise")):
         if layer.programmed:
-            layer._generator = layer_generator(seed, i)
+            layer.set_generator(layer_generator(seed, i))
     return model
 
 

@@ -23,11 +23,14 @@ batched matmul. Column tiles need no split: their ADC and scales act per column.
 
 Programmed state per layer (non-persistent buffers, float32), in bytes per weight:
 G+ and G− programmed (8), drift exponents ν± (8), current read weights (4) = 20 B/weight,
-plus a few (row tile, column) vectors (scale, compensation reference and factor), and one
+(the read weights are kept pre-multiplied by the
+DAC/ADC code factor, `read_weights()` gives them normalized), plus a few (row tile, column) vectors (scale, compensation reference and factor), and one
 shared output-noise pool per model (`ADCConfig.noise_pool_size` floats, 32 MiB default). Nothing is kept when the layer is not programmed.
 """
 from __future__ import annotations
 
+import math
+import random
 from typing import Callable, List, Optional
 
 import torch
@@ -77,7 +80,11 @@ class AnalogLinear(nn.Linear):
         for buf in ("_g_prog", "_nu", "_w_scale", "_w_read", "_out_scale", "_comp_ref", "_comp_factor"):
             self.register_buffer(buf, None, persistent=False)
         self._generator: Optional[torch.Generator] = None
+        self._offset_rng: Optional[random.Random] = None  # pool offsets, seeded with the generator
         self._noise_pool: Optional[torch.Tensor] = None  # shared by all layers of a model
+        self._w_read_scale = 1.0  # _w_read = normalized read weights × this factor
+        self._fast = None  # cached constants of the fused inference path
+        self._state_version = 0
         self.t_seconds: Optional[float] = None
 
     # ------------------------------------------------------------------ construction
@@ -144,15 +151,18 @@ class AnalogLinear(nn.Linear):
         """N(0, 1) of `shape`: a window of the programmed pool at a random offset in
         programmed inference, fresh draws otherwise (training: global RNG)."""
         pool = self._noise_pool
-        n = 1
-        for d in shape:
-            n *= d
+        n = math.prod(shape)
         if self.training or self._generator is None:
             return torch.randn(shape, dtype=dtype, device=device)
         if pool is None or n > pool.numel():
             return torch.randn(shape, generator=self._generator, dtype=dtype, device=device)
-        start = int(torch.randint(0, pool.numel() - n + 1, (1,), generator=self._generator))
+        start = self._offset_rng.randrange(pool.numel() - n + 1)
         return pool[start:start + n].view(shape)
+
+    def set_generator(self, generator: Optional[torch.Generator]) -> None:
+        """The seeded source of this layer's read noise, output noise and pool offsets."""
+        self._generator = generator
+        self._offset_rng = None if generator is None else random.Random(generator.initial_seed())
 
     def _dac(self, x: torch.Tensor):
         """-> (x_d, unit): the values driven onto the rows and the size of one unit of
@@ -169,7 +179,7 @@ class AnalogLinear(nn.Linear):
     def _weight_view(self):
         """-> (normalized tiled weights (K, R, out), w_max scales (K, out))."""
         if self.programmed and not self.training:
-            return self._w_read, self._out_scale
+            return self.read_weights(), self._out_scale
         wt = self._to_tiles(self.weight)
         scale = weight_scales(wt, self.col_sizes, self.config.tile.weight_scale == "column")
         wn = wt / scale.unsqueeze(1)
@@ -194,13 +204,20 @@ class AnalogLinear(nn.Linear):
         n = _levels(adc.bits)
         return y.mul_(unit * n / adc.bound).round_().clamp_(-n, n), adc.bound / n
 
+    def _bad_input(self, x: torch.Tensor) -> ValueError:
+        return ValueError(f"AnalogLinear {self.name or '<unnamed>'}: input contains NaN or inf; "
+                          f"check the layer feeding it (shape {tuple(x.shape)})")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.isfinite(x.sum()):
-            raise ValueError(f"AnalogLinear {self.name or '<unnamed>'}: input contains NaN or "
-                             f"inf; check the layer feeding it (shape {tuple(x.shape)})")
         if (self._periphery_off() and not self.programmed
                 and not (self.training and self.weight_noise is not None)):
+            if not torch.isfinite(x.sum()):
+                raise self._bad_input(x)
             return F.linear(x, self.weight, self.bias)
+        if not torch.is_grad_enabled() and not self.training and self._generator is not None:
+            return self._inference_forward(x)
+        if not torch.isfinite(x.sum()):
+            raise self._bad_input(x)
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
         xd, unit = self._dac(x2)
@@ -221,6 +238,89 @@ class AnalogLinear(nn.Linear):
             out = y * gain
         return out.reshape(*shape[:-1], self.out_features)
 
+    def _inference_constants(self):
+        """Scalars and tensors of the fused inference path. For a programmed layer they
+        are cached until the DAC range r (compared by value), the programmed state or the
+        compensation change; live (unprogrammed) weights are never cached. Periphery
+        config edits after the first forward need `invalidate()`."""
+        r = self.input_range.item()
+        key = (r, self._state_version)
+        if self._fast is not None and self._fast[0] == key and self.programmed:
+            return self._fast
+        c = self.config
+        n_dac = _levels(c.dac.bits) if c.dac.bits is not None else None
+        unit = 1.0 / n_dac if n_dac is not None else 1.0 / r
+        # "code units": ADC codes when the ADC is on, normalized outputs otherwise
+        code = _levels(c.adc.bits) / c.adc.bound if c.adc.bits is not None else 1.0
+        if self.programmed:  # stored pre-scaled into code units (see `_scale_read`)
+            wn, scale, alpha = self._w_read, self._out_scale, unit * code / self._w_read_scale
+        else:
+            (wn, scale), alpha = self._weight_view(), unit * code
+        gain = scale * (r / code)  # (K, out): codes -> output units (w_max, r, compensation)
+        noise = c.adc.output_noise_std * code if c.adc.output_noise_std is not None else None
+        n_adc = _levels(c.adc.bits) if c.adc.bits is not None else None
+        self._fast = (key, r, n_dac, alpha, noise, n_adc, wn, gain)
+        return self._fast
+
+    def _mvm_alpha(self) -> float:
+        """Factor from DAC codes × normalized weights to ADC codes (1 when the DAC is off:
+        then the factor depends on r and is applied at run time)."""
+        c = self.config
+        if c.dac.bits is None:
+            return 1.0
+        code = _levels(c.adc.bits) / c.adc.bound if c.adc.bits is not None else 1.0
+        return code / _levels(c.dac.bits)
+
+    def read_weights(self) -> torch.Tensor:
+        """Normalized weights (G+ − G−)/g_max read at the current time, (K, R, out)."""
+        if not self.programmed:
+            raise ValueError(f"AnalogLinear {self.name or '<unnamed>'}: not programmed")
+        return self._w_read / self._w_read_scale
+
+    def invalidate(self) -> None:
+        """Forget cached inference constants (call after editing `config` in place)."""
+        self._state_version += 1
+
+    def _inference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The same pipeline as `forward`, fused for no-grad inference: the programmed
+        weights are stored in ADC code units, the DAC clamp runs only when an input
+        exceeds r, rounding is in place, and one `addcmul` applies gain and bias.
+        ±inf inputs saturate the DAC like any out-of-range input; NaN is an error."""
+        _, r, n_dac, alpha, noise_beta, n_adc, wn, gain = self._inference_constants()
+        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        lo, hi = torch.aminmax(x2)
+        lo, hi = lo.item(), hi.item()
+        if lo != lo or hi != hi:  # NaN
+            raise self._bad_input(x)
+        if n_dac is not None:
+            xd = (x2 * (n_dac / r)).round_()
+            if hi > r or lo < -r:
+                xd.clamp_(-n_dac, n_dac)
+        else:
+            xd = x2
+        k = len(self.row_sizes)
+        y = torch.mm(xd, wn[0]) if k == 1 else torch.bmm(self._rows_to_tiles(xd), wn)
+        if alpha != 1.0:
+            y.mul_(alpha)
+        if noise_beta is not None:
+            pool = self._noise_pool
+            n = y.numel()
+            if pool is not None and n <= pool.numel():
+                start = self._offset_rng.randrange(pool.numel() - n + 1)
+                y.add_(pool[start:start + n].view(y.shape), alpha=noise_beta)
+            else:
+                y.add_(torch.randn(y.shape, generator=self._generator, dtype=y.dtype), alpha=noise_beta)
+        if n_adc is not None:
+            y.round_().clamp_(-n_adc, n_adc)
+        bias = self.bias
+        if k == 1:
+            out = torch.addcmul(bias, y, gain[0]) if bias is not None else y.mul_(gain[0])
+        else:
+            out = torch.addcmul(bias, y[0], gain[0]) if bias is not None else y[0] * gain[0]
+            for i in range(1, k):
+                out.addcmul_(y[i], gain[i])
+        return out if x.dim() == 2 else out.view(*x.shape[:-1], self.out_features)
+
     # ------------------------------------------------------------------ life cycle
     @torch.no_grad()
     def program(self, generator: torch.Generator) -> None:
@@ -231,17 +331,19 @@ class AnalogLinear(nn.Linear):
         scale = weight_scales(wt, self.col_sizes, self.config.tile.weight_scale == "column")
         wn = (wt / scale.unsqueeze(1)).clamp_(-1.0, 1.0)
         g_target = torch.stack(weight_to_conductances(wn, cfg.g_max_us))  # (2, K, R, out)
-        self._generator = generator
+        self.set_generator(generator)
         self._g_prog = pcm.program_conductance(g_target, cfg, generator)
         self._nu = pcm.sample_drift_exponents(g_target, cfg, generator) if cfg.drift else None
         self._w_scale = scale
         self._w_read = conductances_to_weight(self._g_prog[0], self._g_prog[1], cfg.g_max_us)
+        self._w_read_scale = 1.0
         self.t_seconds = 0.0
         # the reference is kept whether or not compensation is on, so one programmed
         # instance can be evaluated with and without it
         self._comp_ref = self._readout_level()
         self._comp_factor = torch.ones_like(scale)
         self._out_scale = scale.clone()
+        self._scale_read()
 
     @torch.no_grad()
     def drift(self, t_seconds: float) -> None:
@@ -253,24 +355,35 @@ class AnalogLinear(nn.Linear):
         cfg = self.config.pcm
         g = pcm.conductance_at(self._g_prog, self._nu, float(t_seconds), cfg, self._generator)
         torch.sub(g[0], g[1], out=self._w_read).div_(cfg.g_max_us)
+        self._w_read_scale = 1.0
         del g
         self.t_seconds = float(t_seconds)
         # the compensation read is always taken, so switching compensation on/off later
         # (`set_compensation`) evaluates the very same conductances both ways
         self._comp_factor = self._comp_ref / self._readout_level().clamp_min(1e-12)
+        self._scale_read()
         self.set_compensation(self.config.compensation.enabled)
+
+    def _scale_read(self) -> None:
+        """Keep the read weights in the MVM's code units (the DAC/ADC factor folded in),
+        so programmed inference needs no extra pass; `read_weights()` undoes it."""
+        alpha = self._mvm_alpha()
+        self._w_read.mul_(alpha / self._w_read_scale)
+        self._w_read_scale = alpha
+        self.invalidate()
 
     def set_compensation(self, enabled: bool) -> None:
         """Apply (or drop) the drift-compensation factor of the current read."""
         if not self.programmed:
             raise ValueError(f"AnalogLinear {self.name or '<unnamed>'}: set_compensation() before program()")
         self._out_scale = self._w_scale * self._comp_factor if enabled else self._w_scale.clone()
+        self.invalidate()
 
     @torch.no_grad()
     def _readout_level(self) -> torch.Tensor:
         """Mean |output| of one-hot reads of every row through the non-ideal MVM (output
         noise + ADC), per tile or per column -> (K, out)."""
-        y = self._w_read.clone()  # one-hot input of full scale on row j reads row j
+        y = self.read_weights().clone()  # one-hot input of full scale on row j reads row j
         adc = self.config.adc
         if adc.output_noise_std is not None:
             y.add_(torch.randn(y.shape, generator=self._generator) * adc.output_noise_std)
@@ -286,6 +399,7 @@ class AnalogLinear(nn.Linear):
         """Drop the programmed state: back to live (ideal-device) weights."""
         for buf in ("_g_prog", "_nu", "_w_scale", "_w_read", "_out_scale", "_comp_ref", "_comp_factor"):
             setattr(self, buf, None)
-        self._generator = None
+        self.set_generator(None)
         self._noise_pool = None
+        self.invalidate()
         self.t_seconds = None
