@@ -11,7 +11,6 @@ rendered twice, so the Markdown and the HTML page always carry the same content.
 from __future__ import annotations
 
 import csv
-import html
 import json
 import math
 import re
@@ -20,6 +19,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from .report_format import _base, _cell, _ordered, _tkey, time_label
+from .report_plots import _plot_pruning, _plot_time
+from .report_render import _html, _md
 
 __all__ = ["load_records", "summarize", "time_label", "build_report"]
 
@@ -33,10 +36,6 @@ METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "mcc": "Matthews corr.",
 _HEADLINE = {"cola": "mcc", "sst2": "accuracy", "mrpc": "acc_and_f1", "qqp": "acc_and_f1",
              "stsb": "pearson_and_spearman", "mnli": "accuracy", "mnli-m": "accuracy",
              "mnli-mm": "accuracy", "qnli": "accuracy", "rte": "accuracy", "wnli": "accuracy"}
-_UNITS = [("y", 31_536_000), ("mo", 2_592_000), ("w", 604_800), ("d", 86_400), ("h", 3600),
-          ("min", 60), ("s", 1)]
-_DPI = 150
-_FIGSIZE = (8.0, 4.5)          # inches -> 1200 × 675 px at _DPI
 
 
 # ----------------------------------------------------------------------------- records
@@ -116,35 +115,8 @@ def summarize(records) -> list[dict]:
     return rows
 
 
-def _ordered(items, key) -> list:
-    return list(dict.fromkeys(i[key] for i in items))
-
-
-def _tkey(t):
-    return (-1.0 if t is None else float(t))
-
-
-def time_label(t_seconds) -> str:
-    """"1 s", "1 h", "1 d", "1 w", "1 mo" (30 d), "1 y" (365 d); "—" for time-independent."""
-    if t_seconds is None:
-        return "—"
-    t = float(t_seconds)
-    fits = [(u, t / s) for u, s in _UNITS if t / s >= 1] or [("s", t)]
-    for unit, value in fits:                 # largest unit giving a whole number
-        if abs(value - round(value)) < 1e-9 * max(1.0, value):
-            return f"{round(value)} {unit}"
-    return f"{fits[0][1]:.3g} {fits[0][0]}"
-
-
 def task_name(task: str) -> str:
     return TASK_NAMES.get(task, task)
-
-
-def _cell(mean, sem, n, signed=False) -> str:
-    if n == 0 or not math.isfinite(mean):
-        return "n/a"
-    m = f"{mean:+.2f}" if signed else f"{mean:.2f}"
-    return m if n == 1 else f"{m} ± {sem:.2f}"
 
 
 def _headline_name(task, recs) -> str:
@@ -208,75 +180,6 @@ class _Study:
         for (c, t), v in src.items():
             out[c][t] = v
         return {c: v for c, v in out.items() if v}
-
-
-# ----------------------------------------------------------------------------- plots
-def _plot_time(path, series, style, title, ylabel):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    timed = [c for c, pts in series.items() if any(t is not None for t in pts)]
-    times = sorted({t for pts in series.values() for t in pts if t is not None})
-    fig, ax = plt.subplots(figsize=_FIGSIZE, dpi=_DPI, layout="constrained")
-    for i, c in enumerate(timed):
-        pts = sorted((t, v) for t, v in series[c].items() if t is not None)
-        dodge = 10 ** (0.025 * (i - (len(timed) - 1) / 2))   # keeps error bars apart
-        colour, marker = style[c]
-        ax.errorbar([t * dodge for t, _ in pts], [v[0] for _, v in pts],
-                    yerr=[v[1] for _, v in pts], color=colour, marker=marker, ms=5,
-                    capsize=3, lw=1.6, label=c)
-    for c, pts in series.items():                 # time-independent points: baselines
-        if None in pts:
-            mean, sem, n = pts[None]
-            colour = style[c][0]
-            ax.axhline(mean, color=colour, ls="--", lw=1.4, label=f"{c} ({_cell(mean, sem, n)})")
-            if n > 1 and sem > 0:
-                ax.axhspan(mean - sem, mean + sem, color=colour, alpha=0.12, lw=0)
-    ax.set_xscale("log")
-    if times:
-        ax.set_xticks(times, [time_label(t) for t in times])
-        ax.minorticks_off()
-        ax.set_xlim(times[0] / 2.5, times[-1] * 2.5)
-    else:
-        ax.set_xticks([])
-    lo, hi = ax.get_ylim()
-    if hi - lo < 1.0:                              # avoid magnifying noise below 0.1 point
-        mid = (hi + lo) / 2
-        ax.set_ylim(mid - 0.5, mid + 0.5)
-    ax.set_xlabel("Time since programming (log scale)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, alpha=0.35)
-    ax.legend(title="condition (± SEM)", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
-
-
-def _plot_pruning(path, rows, baseline, title, ylabel):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    scale = 100 if all(0 <= r["prune_ratio"] <= 1 for r in rows) else 1
-    keys = _ordered([dict(k=(_base(r), r["stage"], r["t_seconds"])) for r in rows], "k")
-    vary = [len({k[i] for k in keys}) > 1 for i in range(3)]
-    fig, ax = plt.subplots(figsize=_FIGSIZE, dpi=_DPI, layout="constrained")
-    for i, k in enumerate(keys):
-        pts = sorted((r["prune_ratio"], r) for r in rows
-                     if (_base(r), r["stage"], r["t_seconds"]) == k)
-        label = " · ".join(str(p if j != 2 else time_label(p)) for j, p in enumerate(k)
-                           if vary[j] or (j == 1 and p is not None)) or k[0]
-        ax.errorbar([scale * x for x, _ in pts], [100 * r["mean"] for _, r in pts],
-                    yerr=[100 * r["sem"] for _, r in pts], marker="osD^v<>ph*"[i % 10],
-                    color=f"C{i % 10}", capsize=3, lw=1.6, label=label)
-    if baseline is not None:
-        ax.axhline(baseline[0], color="k", ls="--", lw=1.4, label=f"digital ({_cell(*baseline)})")
-    ax.set_xlabel("Prune ratio (%)" if scale == 100 else "Prune ratio")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, alpha=0.35)
-    ax.legend(title="stage (± SEM)", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
 
 
 def _safe(name: str) -> str:
@@ -343,15 +246,6 @@ def _drop_table(st: _Study, glue: dict):
         rows.append(row)
     header = ["condition", "at"] + [task_name(t) for t in st.tasks]
     return header + (["GLUE avg"] if len(st.tasks) > 1 else []), rows
-
-
-def _base(r) -> str:
-    """The condition without its stage suffix ("prune:dense" -> "prune")."""
-    c, stage = r["condition"], r["stage"]
-    for sep in (":", "-", "_", "/"):
-        if stage and c.endswith(sep + stage) and len(c) > len(sep + stage):
-            return c[: -len(sep + stage)]
-    return c
 
 
 def _prune_table(rows):
@@ -471,103 +365,6 @@ def _env_value(key, value) -> str:
         h, rem = divmod(int(round(value)), 3600)
         return f"{value:g} s ({h}:{rem // 60:02d}:{rem % 60:02d})"
     return value if isinstance(value, str) else json.dumps(value)
-
-
-# ----------------------------------------------------------------------------- rendering
-def _md(blocks) -> str:
-    out = []
-    for b in blocks:
-        if b[0] == "h":
-            out.append("#" * b[1] + " " + b[2])
-        elif b[0] in ("p", "md"):
-            out.append(b[1].strip())
-        elif b[0] == "table":
-            esc = lambda s: str(s).replace("|", "\\|")
-            align = ["---:" if _numeric(col) else "---" for col in zip(*b[2])] or ["---"] * len(b[1])
-            out.append("\n".join(["| " + " | ".join(map(esc, b[1])) + " |", "|" + "|".join(align) + "|"]
-                                 + ["| " + " | ".join(map(esc, r)) + " |" for r in b[2]]))
-        elif b[0] == "img":
-            out.append(f"![{b[1]}]({b[2]})")
-        elif b[0] == "code":
-            out.append(f"<details><summary>{b[1]}</summary>\n\n```{b[2]}\n{b[3].rstrip()}\n```\n\n</details>")
-    return "\n\n".join(out) + "\n"
-
-
-def _numeric(column) -> bool:
-    return all(re.fullmatch(r"[+-]?[\d.]+( ± [\d.]+)?|n/a|", str(c)) for c in column)
-
-
-def _inline(text: str) -> str:
-    s = html.escape(text, quote=False)
-    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
-
-
-def _html_table(header, rows) -> str:
-    left = [' class="l"' if not _numeric(col) else "" for col in zip(*rows)] or [""] * len(header)
-    th = "".join(f"<th{a}>{_inline(str(h))}</th>" for h, a in zip(header, left))
-    trs = "".join("<tr>" + "".join(f"<td{a}>{_inline(str(c))}</td>" for c, a in zip(r, left))
-                  + "</tr>\n" for r in rows)
-    return f"<table>\n<thead><tr>{th}</tr></thead>\n<tbody>\n{trs}</tbody>\n</table>"
-
-
-def _md_to_html(text: str) -> str:
-    """Enough Markdown for the included files: headings, pipe tables, code, images, text."""
-    out, lines, i = [], text.splitlines(), 0
-    while i < len(lines):
-        line = lines[i].strip()
-        if line.startswith("```"):
-            j = next((k for k in range(i + 1, len(lines)) if lines[k].strip().startswith("```")), len(lines))
-            out.append(f"<pre><code>{html.escape(chr(10).join(lines[i + 1:j]))}</code></pre>")
-            i = j + 1
-            continue
-        if line.startswith("|"):
-            j = i
-            while j < len(lines) and lines[j].strip().startswith("|"):
-                j += 1
-            cells = [[c.strip() for c in re.split(r"(?<!\\)\|", l.strip().strip("|"))]
-                     for l in lines[i:j] if not re.fullmatch(r"[|:\-\s]+", l.strip())]
-            out.append(_html_table(cells[0], cells[1:]) if cells else "")
-            i = j
-            continue
-        m = re.fullmatch(r"(#{1,6})\s+(.*)", line)
-        img = re.fullmatch(r"!\[([^\]]*)\]\(([^)]+)\)", line)
-        if m:
-            out.append(f"<h{len(m[1])}>{_inline(m[2])}</h{len(m[1])}>")
-        elif img:
-            out.append(f'<img src="{html.escape(img[2])}" alt="{html.escape(img[1])}">')
-        elif line:
-            out.append(f"<p>{_inline(line)}</p>")
-        i += 1
-    return "\n".join(out)
-
-
-_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;"
-        "text-align:right}.l{text-align:left}th{background:#f3f3f3}"
-        "img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto}")
-
-
-def _html(blocks, title) -> str:
-    body = []
-    for b in blocks:
-        if b[0] == "h":
-            body.append(f"<h{b[1]}>{_inline(b[2])}</h{b[1]}>")
-        elif b[0] == "p":
-            body.append(f"<p>{_inline(b[1])}</p>")
-        elif b[0] == "md":
-            body.append(_md_to_html(b[1]))
-        elif b[0] == "table":
-            body.append(_html_table(b[1], b[2]))
-        elif b[0] == "img":
-            body.append(f'<figure><img src="{html.escape(b[2])}" alt="{html.escape(b[1])}">'
-                        f"<figcaption>{_inline(b[1])}</figcaption></figure>")
-        elif b[0] == "code":
-            body.append(f"<details><summary>{html.escape(b[1])}</summary>"
-                        f"<pre><code>{html.escape(b[3])}</code></pre></details>")
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">'
-            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
-            + "\n".join(body) + "\n</body>\n</html>\n")
 
 
 def _write_csv(path: Path, rows) -> None:

@@ -1,0 +1,43 @@
+"""Formatting shared by the report's tables and plots: time labels, cells, ordering."""
+from __future__ import annotations
+
+import math
+
+_UNITS = [("y", 31_536_000), ("mo", 2_592_000), ("w", 604_800), ("d", 86_400), ("h", 3600),
+          ("min", 60), ("s", 1)]
+
+
+def _ordered(items, key) -> list:
+    return list(dict.fromkeys(i[key] for i in items))
+
+
+def _tkey(t):
+    return (-1.0 if t is None else float(t))
+
+
+def time_label(t_seconds) -> str:
+    """"1 s", "1 h", "1 d", "1 w", "1 mo" (30 d), "1 y" (365 d); "—" for time-independent."""
+    if t_seconds is None:
+        return "—"
+    t = float(t_seconds)
+    fits = [(u, t / s) for u, s in _UNITS if t / s >= 1] or [("s", t)]
+    for unit, value in fits:                 # largest unit giving a whole number
+        if abs(value - round(value)) < 1e-9 * max(1.0, value):
+            return f"{round(value)} {unit}"
+    return f"{fits[0][1]:.3g} {fits[0][0]}"
+
+
+def _cell(mean, sem, n, signed=False) -> str:
+    if n == 0 or not math.isfinite(mean):
+        return "n/a"
+    m = f"{mean:+.2f}" if signed else f"{mean:.2f}"
+    return m if n == 1 else f"{m} ± {sem:.2f}"
+
+
+def _base(r) -> str:
+    """The condition without its stage suffix ("prune:dense" -> "prune")."""
+    c, stage = r["condition"], r["stage"]
+    for sep in (":", "-", "_", "/"):
+        if stage and c.endswith(sep + stage) and len(c) > len(sep + stage):
+            return c[: -len(sep + stage)]
+    return c

@@ -1,0 +1,75 @@
+"""Plots of the study report: metric vs time since programming, pruning stages."""
+from __future__ import annotations
+
+from .report_format import _base, _cell, _ordered, time_label
+
+_DPI = 150
+_FIGSIZE = (8.0, 4.5)          # inches -> 1200 × 675 px at _DPI
+
+# ----------------------------------------------------------------------------- plots
+def _plot_time(path, series, style, title, ylabel):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    timed = [c for c, pts in series.items() if any(t is not None for t in pts)]
+    times = sorted({t for pts in series.values() for t in pts if t is not None})
+    fig, ax = plt.subplots(figsize=_FIGSIZE, dpi=_DPI, layout="constrained")
+    for i, c in enumerate(timed):
+        pts = sorted((t, v) for t, v in series[c].items() if t is not None)
+        dodge = 10 ** (0.025 * (i - (len(timed) - 1) / 2))   # keeps error bars apart
+        colour, marker = style[c]
+        ax.errorbar([t * dodge for t, _ in pts], [v[0] for _, v in pts],
+                    yerr=[v[1] for _, v in pts], color=colour, marker=marker, ms=5,
+                    capsize=3, lw=1.6, label=c)
+    for c, pts in series.items():                 # time-independent points: baselines
+        if None in pts:
+            mean, sem, n = pts[None]
+            colour = style[c][0]
+            ax.axhline(mean, color=colour, ls="--", lw=1.4, label=f"{c} ({_cell(mean, sem, n)})")
+            if n > 1 and sem > 0:
+                ax.axhspan(mean - sem, mean + sem, color=colour, alpha=0.12, lw=0)
+    ax.set_xscale("log")
+    if times:
+        ax.set_xticks(times, [time_label(t) for t in times])
+        ax.minorticks_off()
+        ax.set_xlim(times[0] / 2.5, times[-1] * 2.5)
+    else:
+        ax.set_xticks([])
+    lo, hi = ax.get_ylim()
+    if hi - lo < 1.0:                              # avoid magnifying noise below 0.1 point
+        mid = (hi + lo) / 2
+        ax.set_ylim(mid - 0.5, mid + 0.5)
+    ax.set_xlabel("Time since programming (log scale)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.35)
+    ax.legend(title="condition (± SEM)", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+
+
+def _plot_pruning(path, rows, baseline, title, ylabel):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    scale = 100 if all(0 <= r["prune_ratio"] <= 1 for r in rows) else 1
+    keys = _ordered([dict(k=(_base(r), r["stage"], r["t_seconds"])) for r in rows], "k")
+    vary = [len({k[i] for k in keys}) > 1 for i in range(3)]
+    fig, ax = plt.subplots(figsize=_FIGSIZE, dpi=_DPI, layout="constrained")
+    for i, k in enumerate(keys):
+        pts = sorted((r["prune_ratio"], r) for r in rows
+                     if (_base(r), r["stage"], r["t_seconds"]) == k)
+        label = " · ".join(str(p if j != 2 else time_label(p)) for j, p in enumerate(k)
+                           if vary[j] or (j == 1 and p is not None)) or k[0]
+        ax.errorbar([scale * x for x, _ in pts], [100 * r["mean"] for _, r in pts],
+                    yerr=[100 * r["sem"] for _, r in pts], marker="osD^v<>ph*"[i % 10],
+                    color=f"C{i % 10}", capsize=3, lw=1.6, label=label)
+    if baseline is not None:
+        ax.axhline(baseline[0], color="k", ls="--", lw=1.4, label=f"digital ({_cell(*baseline)})")
+    ax.set_xlabel("Prune ratio (%)" if scale == 100 else "Prune ratio")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.35)
+    ax.legend(title="stage (± SEM)", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
