@@ -12,7 +12,6 @@ import os
 import sys
 import time
 
-import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _timing import compare  # noqa: E402

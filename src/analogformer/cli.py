@@ -63,7 +63,7 @@ def cmd_prune(a) -> int:
 
 
 def cmd_map(a) -> int:
-    from .mapping import ARES, MappingConfig, map_model, plot_tile_layout
+    from .mapping import MappingConfig, map_model, plot_tile_layout
     hf_config = _load_hf_config(a.model)
     mcfg = MappingConfig(tile_rows=a.tile_rows, tile_cols=a.tile_cols, row_policy=a.policy,
                          col_policy=a.policy, fuse_qkv=a.fuse_qkv)

@@ -19,16 +19,16 @@ import json
 import math
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .config import AnalogConfig, _check_positive, _fail
-from .inference import calibrate_input_ranges, drift, layer_generator, program, reseed_noise, set_compensation
+from .inference import calibrate_input_ranges, drift, program, reseed_noise, set_compensation
 from .nn.convert import analogize
 
 DEFAULT_TIMES = (1.0, 3600.0, 86400.0, 604800.0, 2592000.0)  # 1 s, 1 h, 1 d, 1 w, 1 month
