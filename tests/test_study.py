@@ -175,3 +175,25 @@ def test_map_command_counts_bert_base(tmp_path, capsys):
     # BERT-base: per layer Q,K,V,O 768x768 -> 2x2 tiles each, FC1/FC2 768x3072 -> 2x6 each: 40 x 12
     assert "480" in text
     assert (tmp_path / "tiles.png").stat().st_size > 1000
+
+
+def test_hwa_and_int6_attention_conditions_in_study(setup):
+    root, glue, model_dir = setup
+    cfg_path = _config(root, glue, model_dir, tasks=["sst2"],
+                       conditions=["digital", "hwa-digital", "hwa", "hwa-int6"],
+                       hwa={"finetune": {"epochs": 2}, "recipe": {"weight_noise": "pcm", "clip": "sigma",
+                                                                   "clip_sigma": 2.5, "input_range_batches": 2}},
+                       sweep={"times_seconds": [2592000], "repeats": 2, "calibration_batches": 2,
+                              "eval_batch_size": 8})
+    out = root / "out_hwa"
+    assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
+    recs = _records(out)
+    assert sorted({r["condition"] for r in recs}) == ["digital", "hwa", "hwa-digital", "hwa-int6"]
+    assert [r["attention_bits"] for r in recs if r["condition"] == "hwa-int6"] == [6, 6]
+    ranges = json.loads((out / "checkpoints" / "sst2" / "hwa" / "input_ranges.json").read_text())
+    assert len(ranges) == 2 * 6 and all(v > 0 for v in ranges.values())
+    # sigma clipping held through training: every saved weight within 2.5 std of its layer
+    from safetensors.torch import load_file
+    sd = load_file(str(out / "checkpoints" / "sst2" / "hwa" / "model.safetensors"))
+    w = sd["bert.encoder.layer.0.intermediate.dense.weight"]
+    assert w.abs().max() <= 2.5 * w.std() * 1.05
