@@ -312,3 +312,25 @@ def test_fused_path_sees_range_and_weight_changes():
     assert (y_small - ref).std() > 3 * (y_big - ref).std()  # r = 0.5 clips, r = 4 does not
     assert torch.allclose(y_w2 - lin.bias.detach(), 2 * (y_big - lin.bias.detach()), atol=0.05)
     assert (y_p_small - y_p).abs().max() > 0.1
+
+
+def test_nan_input_caught_in_programmed_inference_and_inf_saturates():
+    cfg = af.AnalogConfig(tile=TileConfig(rows=40, cols=16))  # 3 row tiles: every tile is checked
+    layer, _ = _layer(cfg, 100, 30)
+    layer.input_range.data.fill_(3.0)
+    x = torch.randn(6, 100)
+    with torch.no_grad():
+        af.program(nn.Sequential(layer), 0)
+        for col in (0, 55, 99):
+            bad = x.clone()
+            bad[4, col] = float("nan")
+            with pytest.raises(ValueError, match="NaN"):
+                layer(bad)
+        big = x.clone()
+        big[2, 7] = float("inf")
+        sat = x.clone()
+        sat[2, 7] = 1e6
+        assert torch.isfinite(layer(big)).all()
+        af.reseed_noise(nn.Sequential(layer), 1); y_inf = layer(big)
+        af.reseed_noise(nn.Sequential(layer), 1); y_sat = layer(sat)
+    assert torch.equal(y_inf, y_sat)  # +inf saturates the DAC exactly like any value above r

@@ -8,7 +8,8 @@
 """
 from .config import (ADCConfig, AnalogConfig, CompensationConfig, DACConfig, PCMConfig,
                      TileConfig)
-from .inference import calibrate_input_ranges, drift, program, reset, set_compensation, unprogram
+from .inference import (calibrate_input_ranges, drift, program, reseed_noise, reset,
+                        set_compensation, unprogram)
 from .nn.convert import analog_layers, analogize
 from .nn.linear import AnalogLinear
 
@@ -17,5 +18,5 @@ __version__ = "0.1.0"
 __all__ = [
     "ADCConfig", "AnalogConfig", "AnalogLinear", "CompensationConfig", "DACConfig",
     "PCMConfig", "TileConfig", "analog_layers", "analogize", "calibrate_input_ranges",
-    "drift", "program", "reset", "set_compensation", "unprogram",
+    "drift", "program", "reseed_noise", "reset", "set_compensation", "unprogram",
 ]
