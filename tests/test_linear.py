@@ -334,3 +334,27 @@ def test_nan_input_caught_in_programmed_inference_and_inf_saturates():
         af.reseed_noise(nn.Sequential(layer), 1); y_inf = layer(big)
         af.reseed_noise(nn.Sequential(layer), 1); y_sat = layer(sat)
     assert torch.equal(y_inf, y_sat)  # +inf saturates the DAC exactly like any value above r
+
+
+def test_absmax_input_scaling_is_scale_invariant_per_token():
+    cfg = af.AnalogConfig(dac=DACConfig(input_scaling="absmax"), adc=ADCConfig(output_noise_std=None),
+                          tile=TileConfig(rows=40, cols=32))
+    layer, _ = _layer(cfg, 100, 30)
+    layer.bias.data.zero_()
+    x = torch.randn(5, 100, generator=torch.Generator().manual_seed(2))
+    scales = torch.tensor([[1.0], [1e3], [1e-3], [7.0], [0.5]])
+    with torch.no_grad():
+        af.program(nn.Sequential(layer), 0)
+        y = layer(x)
+        y_scaled = layer(x * scales)
+    generic = layer(x * scales).detach()  # grad path, same pipeline
+    # each token is normalized by its own max |x|: scaling a token scales its output exactly
+    assert torch.allclose(y_scaled, y * scales, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(generic, y_scaled, rtol=1e-4, atol=1e-5)
+    # the static range r no longer matters
+    layer.input_range.data.fill_(1e-3)
+    layer.invalidate()
+    with torch.no_grad():
+        assert torch.allclose(layer(x), y, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="DACConfig.input_scaling"):
+        DACConfig(input_scaling="dynamic")

@@ -122,17 +122,22 @@ class TileConfig:
 class DACConfig:
     """Input DAC: `bits` symmetric levels over a per-layer range [-r, r].
 
-    r starts at `init_range` and is normally set from data (`calibrate_input_ranges`) and
-    learned during HWA training. `bits=None` switches the DAC off entirely (no clipping,
-    no quantization, inputs pass as they are).
+    `input_scaling`: "static" uses the layer's range r (SPEC §3: set from data, learned in
+    HWA training, frozen for inference); "absmax" scales every input vector (token) by its
+    own max |x| in the digital periphery before the DAC and back after the ADC — aihwkit's
+    "noise management", the usual choice for models not trained with HWA ranges.
+    r starts at `init_range` and is normally set from data (`calibrate_input_ranges`).
+    `bits=None` switches the DAC off entirely (no clipping, no quantization, no scaling).
     """
 
     bits: Optional[int] = 8
     init_range: float = 3.0
+    input_scaling: str = "static"
 
     def __post_init__(self):
         _check_positive(self, "bits", allow_none=True, integer=True)
         _check_positive(self, "init_range")
+        _check_choice(self, "input_scaling", {"static", "absmax"})
 
 
 @dataclass

@@ -170,16 +170,19 @@ class AnalogLinear(nn.Linear):
         self._offset_rng = None if generator is None else random.Random(generator.initial_seed())
 
     def _dac(self, x: torch.Tensor):
-        """-> (x_d, unit): the values driven onto the rows and the size of one unit of
-        x_d in normalized input units (1 = full DAC range r)."""
-        bits = self.config.dac.bits
+        """-> (x_d, unit, r): the values driven onto the rows, the size of one unit of x_d
+        in normalized input units (1 = full DAC range), and the range r itself (the
+        layer's parameter, or one per input vector (N, 1) with "absmax" scaling)."""
+        dac = self.config.dac
         r = self.input_range
-        if bits is None:
-            return x, 1.0 / r
+        if dac.bits is None:
+            return x, 1.0 / r, r
+        if dac.input_scaling == "absmax":
+            r = x.detach().abs().amax(dim=-1, keepdim=True).clamp_min_(1e-12)
         if torch.is_grad_enabled():
-            return dac_normalize(x, r, bits), 1.0
-        n = _levels(bits)
-        return (x * (n / r)).round_().clamp_(-n, n), 1.0 / n
+            return dac_normalize(x, r, dac.bits), 1.0, r
+        n = _levels(dac.bits)
+        return (x * (n / r)).round_().clamp_(-n, n), 1.0 / n, r
 
     def _weight_view(self):
         """-> (normalized tiled weights (K, R, out), w_max scales (K, out))."""
@@ -225,14 +228,14 @@ class AnalogLinear(nn.Linear):
             raise self._bad_input(x)
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
-        xd, unit = self._dac(x2)
+        xd, unit, r = self._dac(x2)
         wn, scale = self._weight_view()
         if len(self.row_sizes) == 1:
             y = torch.matmul(xd, wn[0]).unsqueeze(0)
         else:
             y = torch.bmm(self._rows_to_tiles(xd), wn)
         y, unit = self._adc(y, unit)
-        gain = scale.unsqueeze(1) * (self.input_range * unit)  # (K, 1, out)
+        gain = scale.unsqueeze(1) * (r * unit)  # (K, 1 or N, out)
         if len(self.row_sizes) > 1:
             y, gain = (y * gain).sum(0), 1.0
         else:
@@ -293,10 +296,14 @@ class AnalogLinear(nn.Linear):
         saturate the DAC like any out-of-range input; NaN is an error."""
         _, r, n_dac, alpha, noise_beta, n_adc, wn, gain = self._inference_constants()
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        if n_dac is not None:
-            xd = (x2 * (n_dac / r)).round_().clamp_(-n_dac, n_dac)
-        else:
+        r_tok = None
+        if n_dac is None:
             xd = x2
+        elif self.config.dac.input_scaling == "absmax":  # per input vector, undone after the ADC
+            r_tok = x2.abs().amax(dim=1, keepdim=True).clamp_min_(1e-12)
+            xd = (x2 * (n_dac / r_tok)).round_()
+        else:
+            xd = (x2 * (n_dac / r)).round_().clamp_(-n_dac, n_dac)
         k = len(self.row_sizes)
         y = torch.mm(xd, wn[0]) if k == 1 else torch.bmm(self._rows_to_tiles(xd), wn)
         if alpha != 1.0:
@@ -311,6 +318,8 @@ class AnalogLinear(nn.Linear):
                 y.add_(torch.randn(y.shape, generator=self._generator, dtype=y.dtype), alpha=noise_beta)
         if n_adc is not None:
             y.round_().clamp_(-n_adc, n_adc)
+        if r_tok is not None:
+            y.mul_(r_tok / r)  # gain holds the static r: swap it for each token's range
         bias = self.bias
         if k == 1:
             out = torch.addcmul(bias, y, gain[0]) if bias is not None else y.mul_(gain[0])
