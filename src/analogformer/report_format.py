@@ -41,3 +41,17 @@ def _base(r) -> str:
         if stage and c.endswith(sep + stage) and len(c) > len(sep + stage):
             return c[: -len(sep + stage)]
     return c
+
+
+CONDITION_LABELS = {
+    "digital": "digital", "analog": "analog, drift-compensated", "analog-nocomp": "analog, no compensation",
+    "analog-gamma0.5": "analog, γ = 0.5 devices", "hwa-digital": "HWA model, digital", "hwa": "HWA, compensated",
+    "hwa-nocomp": "HWA, no compensation", "hwa-gamma0.5": "HWA, γ = 0.5 devices",
+    "hwa-int8": "HWA + INT8 attention", "hwa-int6": "HWA + INT6 attention",
+    "pruned-digital": "pruned, digital", "pruned": "pruned, analog compensated",
+}
+
+
+def condition_label(c: str) -> str:
+    """A legend label for a condition name (the name itself when unknown)."""
+    return CONDITION_LABELS.get(c, c)

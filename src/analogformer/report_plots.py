@@ -1,7 +1,7 @@
 """Plots of the study report: metric vs time since programming, pruning stages."""
 from __future__ import annotations
 
-from .report_format import _base, _cell, _ordered, time_label
+from .report_format import _base, _cell, _ordered, condition_label, time_label
 
 _DPI = 150
 _FIGSIZE = (8.0, 4.5)          # inches -> 1200 × 675 px at _DPI
@@ -20,12 +20,12 @@ def _plot_time(path, series, style, title, ylabel):
         colour, marker = style[c]
         ax.errorbar([t * dodge for t, _ in pts], [v[0] for _, v in pts],
                     yerr=[v[1] for _, v in pts], color=colour, marker=marker, ms=5,
-                    capsize=3, lw=1.6, label=c)
+                    capsize=3, lw=1.6, label=condition_label(c))
     for c, pts in series.items():                 # time-independent points: baselines
         if None in pts:
             mean, sem, n = pts[None]
             colour = style[c][0]
-            ax.axhline(mean, color=colour, ls="--", lw=1.4, label=f"{c} ({_cell(mean, sem, n)})")
+            ax.axhline(mean, color=colour, ls="--", lw=1.4, label=f"{condition_label(c)} ({_cell(mean, sem, n)})")
             if n > 1 and sem > 0:
                 ax.axhspan(mean - sem, mean + sem, color=colour, alpha=0.12, lw=0)
     ax.set_xscale("log")
