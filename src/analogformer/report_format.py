@@ -44,11 +44,11 @@ def _base(r) -> str:
 
 
 CONDITION_LABELS = {
-    "digital": "digital", "analog": "analog, drift-compensated", "analog-nocomp": "analog, no compensation",
+    "digital": "digital", "analog": "analog, compensated", "analog-nocomp": "analog, uncompensated",
     "analog-gamma0.5": "analog, γ = 0.5 devices", "hwa-digital": "HWA model, digital", "hwa": "HWA, compensated",
-    "hwa-nocomp": "HWA, no compensation", "hwa-gamma0.5": "HWA, γ = 0.5 devices",
+    "hwa-nocomp": "HWA, uncompensated", "hwa-gamma0.5": "HWA, γ = 0.5 devices",
     "hwa-int8": "HWA + INT8 attention", "hwa-int6": "HWA + INT6 attention",
-    "pruned-digital": "pruned, digital", "pruned": "pruned, analog compensated",
+    "pruned-digital": "pruned, digital", "pruned": "pruned, analog",
 }
 
 
