@@ -39,13 +39,7 @@ def _plot_time(path, series, style, title, ylabel):
     if hi - lo < 1.0:                              # avoid magnifying noise below 0.1 point
         mid = (hi + lo) / 2
         ax.set_ylim(mid - 0.5, mid + 0.5)
-    ax.set_xlabel("Time since programming (log scale)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, alpha=0.35)
-    ax.legend(title="condition (± SEM)", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
+    _finish(fig, ax, path, "Time since programming (log scale)", ylabel, title, "condition (± SEM)")
 
 
 def _plot_pruning(path, rows, baseline, title, ylabel):
@@ -66,10 +60,18 @@ def _plot_pruning(path, rows, baseline, title, ylabel):
                     color=f"C{i % 10}", capsize=3, lw=1.6, label=label)
     if baseline is not None:
         ax.axhline(baseline[0], color="k", ls="--", lw=1.4, label=f"digital ({_cell(*baseline)})")
-    ax.set_xlabel("Prune ratio (%)" if scale == 100 else "Prune ratio")
+    _finish(fig, ax, path, "Prune ratio (%)" if scale == 100 else "Prune ratio", ylabel, title,
+            "stage (± SEM)")
+
+
+def _finish(fig, ax, path, xlabel, ylabel, title, legend_title) -> None:
+    """Labels, grid, a legend outside the axes on the right, save and close."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, alpha=0.35)
-    ax.legend(title="stage (± SEM)", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.legend(title=legend_title, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.savefig(path, dpi=_DPI)
     plt.close(fig)
