@@ -197,3 +197,28 @@ def test_hwa_and_int6_attention_conditions_in_study(setup):
     sd = load_file(str(out / "checkpoints" / "sst2" / "hwa" / "model.safetensors"))
     w = sd["bert.encoder.layer.0.intermediate.dense.weight"]
     assert w.abs().max() <= 2.5 * w.std() * 1.05
+
+
+def test_evaluate_and_prune_commands_on_a_saved_checkpoint(setup, tmp_path, capsys):
+    root, glue, model_dir = setup
+    # a fine-tuned checkpoint: the digital model of a one-task study
+    cfg_path = _config(root, glue, model_dir, tasks=["sst2"], conditions=["digital"])
+    src = root / "out_src"
+    assert main(["study", str(cfg_path), "--out", str(src), "--no-progress"]) == 0
+    ckpt = src / "checkpoints" / "sst2" / "digital"
+    base = ["--task", "sst2", "--glue-dir", str(glue), "--no-progress", "--set", "sweep.repeats=2",
+            "--set", "sweep.times_seconds=[1, 86400]", "--set", "analog.tile={rows: 16, cols: 16}",
+            "--set", "sweep.eval_batch_size=8"]
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(ckpt), "--out", str(out)] + base) == 0
+    recs = _records(out)
+    assert len(recs) == 1 + 2 * 2 * 2  # digital + (nocomp, analog) x 2 times x 2 repeats
+    digital = next(r for r in recs if r["condition"] == "digital")
+    assert digital["headline"] == _records(src)[0]["headline"]  # the very checkpoint, not retrained
+    out = tmp_path / "prune"
+    assert main(["prune", str(ckpt), "--out", str(out), "--set", "pruning.prune.ratio=0.25",
+                 "--set", "pruning.calibration_batches=2", "--set", "pruning.retrain={epochs: 1}"] + base) == 0
+    stages = {r["stage"] for r in _records(out) if "stage" in r}
+    assert stages == {"dense", "pruned", "retrained"}
+    assert main(["evaluate", str(root / "nope"), "--task", "sst2", "--out", str(tmp_path / "x")]) == 2
+    assert "not a saved model folder" in capsys.readouterr().err
