@@ -358,3 +358,32 @@ def test_absmax_input_scaling_is_scale_invariant_per_token():
         assert torch.allclose(layer(x), y, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="DACConfig.input_scaling"):
         DACConfig(input_scaling="dynamic")
+
+
+@pytest.mark.parametrize("rows, scaling", [(512, "static"), (40, "static"), (40, "absmax")])
+def test_fused_training_kernels_match_composed_ste(rows, scaling):
+    cfg = af.AnalogConfig(adc=ADCConfig(output_noise_std=None), dac=DACConfig(input_scaling=scaling),
+                          tile=TileConfig(rows=rows, cols=32))
+    layer, _ = _layer(cfg, 100, 70)
+    layer.train()
+    layer.input_range.data.fill_(1.5)  # some inputs clip: the range gets gradient both ways
+    x = (torch.randn(12, 100, generator=torch.Generator().manual_seed(3)) * 1.2).requires_grad_()
+    out = layer(x)
+    g = torch.randn_like(out)
+    gx, gw, gr = torch.autograd.grad(out, [x, layer.weight, layer.input_range], g, allow_unused=True)
+    # the composed reference: dac_normalize -> per-tile matmul -> adc_quantize -> gain -> sum + bias
+    x2 = x
+    r = layer.input_range if scaling == "static" else x.detach().abs().amax(-1, keepdim=True)
+    xd = dac_normalize(x2, r, 8)
+    wt = layer._to_tiles(layer.weight)
+    from analogformer.device.conductance import weight_scales
+    scale = weight_scales(wt, layer.col_sizes, False)
+    y = torch.bmm(layer._rows_to_tiles(xd), wt / scale.unsqueeze(1))
+    ref = (adc_quantize(y, 10, 10.0) * (scale.unsqueeze(1) * r)).sum(0) + layer.bias
+    rx, rw, rr = torch.autograd.grad(ref, [x, layer.weight, layer.input_range], g, allow_unused=True)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert torch.allclose(gx, rx, atol=1e-5) and torch.allclose(gw, rw, atol=1e-5)
+    if scaling == "static":
+        assert abs(gr.item() - rr.item()) < 1e-4 * max(1.0, abs(rr.item())) and gr.item() != 0
+    else:
+        assert gr is None and rr is None

@@ -80,3 +80,59 @@ def dac_normalize(x: torch.Tensor, input_range: torch.Tensor, bits: int) -> torc
 def adc_quantize(y: torch.Tensor, bits: int, bound: float) -> torch.Tensor:
     """ADC over [-bound, bound] with 2^(bits-1)-1 levels per side (STE gradient)."""
     return quantize_symmetric(y, bits, bound)
+
+
+# ---------------------------------------------------------------- fused training kernels
+# The same straight-through semantics as `dac_normalize` / `adc_quantize`, written as
+# autograd Functions that keep one boolean mask instead of the half-dozen full-size
+# temporaries the composed version leaves for backward (HWA training speed).
+
+def _sum_to(t: torch.Tensor, shape) -> torch.Tensor:
+    dims = [d for d, (a, b) in enumerate(zip(t.shape, shape)) if b == 1 and a != 1]
+    return t.sum(dim=dims, keepdim=True) if dims else t
+
+
+class DacSTE(torch.autograd.Function):
+    """x -> round(clamp(x / r, -1, 1)·n)/n; d/dx = 1/r and d/dr = −x/r² inside the range."""
+
+    @staticmethod
+    def forward(ctx, x, r, n):
+        xn = x / r
+        mask = xn.abs() <= 1.0
+        ctx.save_for_backward(xn, r, mask)
+        return xn.clamp(-1.0, 1.0).mul_(n).round_().div_(n)
+
+    @staticmethod
+    def backward(ctx, g):
+        xn, r, mask = ctx.saved_tensors
+        gm = g * mask
+        grad_x = gm / r if ctx.needs_input_grad[0] else None
+        grad_r = None
+        if ctx.needs_input_grad[1]:
+            grad_r = _sum_to(-(gm * xn) / r, r.shape) if r.dim() else -(gm * xn).sum() / r
+        return grad_x, grad_r, None
+
+
+class ReadoutSTE(torch.autograd.Function):
+    """Per-tile outputs y (K, N, out) in normalized units -> output noise -> ADC (STE)
+    -> × gain (K, 1|N, out) -> sum over row tiles -> + bias, as one autograd node."""
+
+    @staticmethod
+    def forward(ctx, y, gain, bias, noise, noise_std, n, bound):
+        t = y.clone() if noise is None else torch.add(y, noise, alpha=noise_std)
+        mask = t.abs() <= bound
+        q = t.clamp_(-bound, bound).mul_(n / bound).round_().mul_(bound / n)
+        out = (q * gain).sum(0) if q.shape[0] > 1 else q[0] * gain[0]
+        if bias is not None:
+            out = out.add_(bias)
+        ctx.save_for_backward(mask, q, gain)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        mask, q, gain = ctx.saved_tensors
+        g3 = g.unsqueeze(0)
+        grad_y = (g3 * gain).mul_(mask) if ctx.needs_input_grad[0] else None
+        grad_gain = _sum_to(g3 * q, gain.shape) if ctx.needs_input_grad[1] else None
+        grad_bias = g.sum(0) if ctx.needs_input_grad[2] else None
+        return grad_y, grad_gain, grad_bias, None, None, None, None

@@ -41,7 +41,7 @@ from ..config import AnalogConfig
 from ..device import pcm
 from ..device.conductance import (conductances_to_weight, group_mean, weight_scales,
                                   weight_to_conductances)
-from ..tile import adc_quantize, dac_normalize, split_sizes
+from ..tile import DacSTE, ReadoutSTE, adc_quantize, dac_normalize, split_sizes
 
 
 def _levels(bits: int) -> int:
@@ -180,7 +180,7 @@ class AnalogLinear(nn.Linear):
         if dac.input_scaling == "absmax":
             r = x.detach().abs().amax(dim=-1, keepdim=True).clamp_min_(1e-12)
         if torch.is_grad_enabled():
-            return dac_normalize(x, r, dac.bits), 1.0, r
+            return DacSTE.apply(x, r, float(_levels(dac.bits))), 1.0, r
         n = _levels(dac.bits)
         return (x * (n / r)).round_().clamp_(-n, n), 1.0 / n, r
 
@@ -234,6 +234,16 @@ class AnalogLinear(nn.Linear):
             y = torch.matmul(xd, wn[0]).unsqueeze(0)
         else:
             y = torch.bmm(self._rows_to_tiles(xd), wn)
+        adc = self.config.adc
+        if torch.is_grad_enabled() and adc.bits is not None and not torch.is_tensor(unit):
+            # fused noise + ADC + gain + partial sums + bias (one autograd node, one mask)
+            noise = (self._output_noise(y.shape, y.dtype, y.device)
+                     if adc.output_noise_std is not None else None)
+            gain = scale.unsqueeze(1) * (r * unit)
+            out = ReadoutSTE.apply(y * unit if unit != 1.0 else y, gain, self.bias, noise,
+                                   float(adc.output_noise_std or 0.0), float(_levels(adc.bits)),
+                                   float(adc.bound))
+            return out.reshape(*shape[:-1], self.out_features)
         y, unit = self._adc(y, unit)
         gain = scale.unsqueeze(1) * (r * unit)  # (K, 1 or N, out)
         if len(self.row_sizes) > 1:
