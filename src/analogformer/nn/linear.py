@@ -41,7 +41,7 @@ from ..config import AnalogConfig
 from ..device import pcm
 from ..device.conductance import (conductances_to_weight, group_mean, weight_scales,
                                   weight_to_conductances)
-from ..tile import DacSTE, ReadoutSTE, adc_quantize, dac_normalize, split_sizes
+from ..tile import DacSTE, ReadoutSTE, adc_quantize, split_sizes
 
 
 def _levels(bits: int) -> int:
