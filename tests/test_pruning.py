@@ -123,6 +123,29 @@ def test_unit_scores_each_criterion_on_constructed_weights():
     assert int(torch.argmin(act)) == 4
     with pytest.raises(ValueError, match="calibration"):
         unit_scores(w, PruneConfig(criterion="mac"))
+    # structured magnitude = sum of |w| over the unit
+    mrows = unit_scores(w, PruneConfig(criterion="magnitude", structure="rows", ratio=0.2))
+    torch.testing.assert_close(mrows, l1)
+
+
+def test_random_criterion_is_seeded_uniform_and_removes_the_ratio():
+    w = torch.randn(64, 300)
+    cfg = PruneConfig(criterion="random", structure="rows", ratio=1 / 3, seed=5)
+    a, b = unit_scores(w, cfg), unit_scores(w * 100, cfg)
+    assert a.shape == (300,) and torch.equal(a, b)          # independent of the weights
+    assert not torch.equal(a, unit_scores(w, PruneConfig(criterion="random", seed=6)))
+    assert 0.4 < float(a.mean()) < 0.6 and float(a.min()) >= 0 and float(a.max()) < 1
+    blocks = unit_scores(w, PruneConfig(criterion="random", structure="blocks", ratio=0.5,
+                                        block_shape=(128, 32)))
+    assert blocks.shape == (2, 3)
+    # on a model: exactly round(ratio * rows) rows of every FC2 removed, reproducibly
+    m1, m2 = tiny_bert(), tiny_bert()
+    c = PruneConfig(criterion="random", structure="rows", ratio=0.25, seed=3)
+    k1, k2 = compute_masks(m1, c), compute_masks(m2, c)
+    for n, m in k1.weight.items():
+        assert torch.equal(m, k2.weight[n])
+        if n.endswith("output.dense") and "attention" not in n:
+            assert int((~m.any(0)).sum()) == round(0.25 * m.shape[1])
 
 
 def _set_fc2(model, layer, w):
@@ -268,8 +291,8 @@ def test_masks_save_load_roundtrip(tmp_path):
 
 # ---------------------------------------------------------------- config validation
 @pytest.mark.parametrize("kw,field", [
-    ({"criterion": "random"}, "criterion"), ({"structure": "diagonal"}, "structure"),
-    ({"criterion": "magnitude", "structure": "rows"}, "structure"),
+    ({"criterion": "lottery"}, "criterion"), ({"structure": "diagonal"}, "structure"),
+    ({"criterion": "random", "seed": 1.5}, "seed"),
     ({"criterion": "mac", "structure": "irregular"}, "structure"),
     ({"ratio": 1.0}, "ratio"), ({"blocks": ("attn",)}, "blocks"),
     ({"block_ratios": {"fc1": 0.2}}, "block_ratios"),

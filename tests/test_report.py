@@ -171,16 +171,25 @@ def test_truncated_last_line_skipped_with_warning(tmp_path):
 
 
 def test_pruning_and_unknown_task(tmp_path):
-    recs = [rec("mytask", f"prune:{s}", None, i, v, prune_ratio=r, stage=s)
-            for i in range(2) for r, s, v in [(0.0, "dense", 0.80 + 0.01 * i),
-                                              (0.25, "pruned", 0.70), (0.25, "retrained", 0.78)]]
+    recs = [rec("mytask", "prune:dense", None, i, 0.80 + 0.01 * i, prune_ratio=0.0, stage="dense")
+            for i in range(2)]
+    for method, x, after, retr in [("mac-rows", 0.25, 0.70, 0.78), ("random-rows", 0.25, 0.60, 0.74),
+                                   ("mac-rows", 0.5, 0.50, 0.76)]:
+        recs += [rec("mytask", f"prune-{method}:pruned", None, 0, after, prune_ratio=x, stage="pruned"),
+                 rec("mytask", f"prune-{method}:retrained", None, 0, retr, prune_ratio=x, stage="retrained")]
     recs.append(rec("mytask", "digital", None, 0, 0.81))
+    recs.append(rec("mytask", "pruned@0.25", 2592000.0, 0, 0.75))
     write(tmp_path, recs)
     md = build_report(tmp_path).read_text()
     header, rows = table(md, "## Pruning")
-    assert header == ["condition", "time", "prune ratio", "dense", "pruned", "retrained"]
-    assert rows == [["prune", "t-indep.", "0", "80.50 ± 0.50", "", ""],
-                    ["prune", "t-indep.", "0.25", "", "70.00 ± 0.00", "78.00 ± 0.00"]]
+    assert header == ["method", "prune ratio", "dense", "after pruning", "after retraining",
+                      "retrained − dense"]
+    assert rows == [["mac-rows", "0.25", "80.50 ± 0.50", "70.00", "78.00", "-2.50 ± 0.50"],
+                    ["random-rows", "0.25", "80.50 ± 0.50", "60.00", "74.00", "-6.50 ± 0.50"],
+                    ["mac-rows", "0.5", "80.50 ± 0.50", "50.00", "76.00", "-4.50 ± 0.50"]]
+    # the pruned model on tiles is a timed condition of the headline table
+    header, rows = table(md, "### mytask")
+    assert rows[-1][0] == "pruned@0.25" and rows[-1][-1] == "75.00"
     assert "### mytask" in md and "(pruning_mytask.png)" in md
     assert png_size(tmp_path / "pruning_mytask.png") == (1200, 675)
 

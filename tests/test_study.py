@@ -118,14 +118,62 @@ def test_pruning_step_in_study(setup):
     out = root / "out_prune"
     assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
     recs = _records(out)
-    stages = {r["stage"]: r for r in recs if r["condition"].startswith("prune:")}
+    stages = {r["stage"]: r for r in recs if "stage" in r}
     assert set(stages) == {"dense", "pruned", "retrained"}
     assert stages["pruned"]["prune_ratio"] == 0.25 and stages["dense"]["prune_ratio"] == 0.0
+    assert stages["retrained"]["condition"] == "prune-mac-rows:retrained"
     assert len([r for r in recs if r["condition"] == "pruned"]) == 2 * 2
     from analogformer.pruning import load_compacted
     pruned = load_compacted(str(out / "checkpoints" / "sst2" / "pruned"))
     assert pruned.bert.encoder.layer[0].intermediate.dense.out_features == 48  # 64 − 25 %
     assert (out / "pruning_tiles_sst2.png").exists() and (out / "mac_delta_sst2.png").exists()
+
+
+def test_pruning_ratios_and_baselines_in_one_study(setup):
+    """Two ratios × (MAC + random + magnitude rows): dense/pruned/retrained records per method
+    and ratio, one compacted model per ratio on tiles as "pruned@<ratio>", resumable."""
+    root, glue, model_dir = setup
+    cfg_path = _config(root, glue, model_dir, tasks=["sst2"], conditions=["digital", "pruned"],
+                       pruning={"prune": {"criterion": "mac", "structure": "rows", "blocks": ["fc2"]},
+                                "ratios": [0.25, 0.5], "baselines": [{"criterion": "random"},
+                                                                     {"criterion": "magnitude"}],
+                                "calibration_batches": 2, "retrain": {"epochs": 1}},
+                       sweep={"times_seconds": [1, 2592000], "repeats": 2, "calibration_batches": 2,
+                              "eval_batch_size": 8, "times_per_condition": {"pruned": [2592000]}})
+    out = root / "out_prune_grid"
+    assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
+    recs = _records(out)
+    got = sorted((r["condition"], r["prune_ratio"]) for r in recs if "stage" in r)
+    want = [("prune-magnitude-rows:pruned", x) for x in (0.25, 0.5)] + \
+           [("prune-magnitude-rows:retrained", x) for x in (0.25, 0.5)] + \
+           [("prune-mac-rows:pruned", x) for x in (0.25, 0.5)] + \
+           [("prune-mac-rows:retrained", x) for x in (0.25, 0.5)] + \
+           [("prune-random-rows:pruned", x) for x in (0.25, 0.5)] + \
+           [("prune-random-rows:retrained", x) for x in (0.25, 0.5)] + [("prune:dense", 0.0)]
+    assert got == sorted(want)
+    # on tiles: only the main method, each ratio, only at 1 month (times_per_condition)
+    tiles = sorted({(r["condition"], r["t_seconds"]) for r in recs if r["condition"].startswith("pruned")})
+    assert tiles == [("pruned@0.25", 2592000.0), ("pruned@0.5", 2592000.0)]
+    from analogformer.pruning import load_compacted
+    for tag, width in (("0.25", 48), ("0.5", 32)):
+        m = load_compacted(str(out / "checkpoints" / "sst2" / f"pruned@{tag}"))
+        assert m.bert.encoder.layer[1].intermediate.dense.out_features == width
+        assert (out / f"pruning_tiles_sst2@{tag}.md").exists()
+    md = (out / "report.md").read_text()
+    assert "| random-rows | 0.5 |" in md and "pruned@0.25" in md
+    n = len(recs)
+    assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0  # resume: nothing new
+    assert len(_records(out)) == n
+
+
+def test_pruning_study_config_errors():
+    base = {"tasks": ["sst2"], "conditions": ["digital", "pruned"]}
+    for bad, msg in ((({"ratios": [0.2, 0.2]}), "repeats a ratio"), ({"ratios": [1.5]}, "ratio"),
+                     ({"baselines": [{"criterion": "mac"}]}, "same"),
+                     ({"baselines": [{"ratio": 0.1}]}, "not per baseline"),
+                     ({"baselines": {"criterion": "random"}}, "pruning.baselines")):
+        with pytest.raises(ValueError, match=msg):
+            from_dict(StudyConfig, {**base, "pruning": bad})
 
 
 # ------------------------------------------------------------------ config

@@ -249,14 +249,33 @@ def _drop_table(st: _Study, glue: dict):
 
 
 def _prune_table(rows):
-    """Rows (condition, time, prune ratio) × columns stage (dense / pruned / retrained)."""
-    stages, conds = _ordered(rows, "stage"), _ordered([{"c": _base(r)} for r in rows], "c")
-    keys = _ordered([dict(k=(_base(r), r["t_seconds"], r["prune_ratio"])) for r in rows], "k")
-    cells = {(_base(r), r["t_seconds"], r["prune_ratio"], r["stage"]):
-             _cell(100 * r["mean"], 100 * r["sem"], r["n"]) for r in rows}
-    return (["condition", "time", "prune ratio"] + [str(s or "—") for s in stages],
-            [[c, _col(t), f"{x:g}"] + [cells.get((c, t, x, s), "") for s in stages]
-             for c, t, x in sorted(keys, key=lambda k: (conds.index(k[0]), _tkey(k[1]), k[2]))])
+    """Rows (method, prune ratio) × columns dense / after pruning / after retraining / Δ."""
+    dense = next((r for r in rows if r["stage"] == "dense"), None)
+    others = [r for r in rows if r["stage"] != "dense"]
+    stages = _ordered(others, "stage")
+    keys = _ordered([dict(k=(_base(r), r["prune_ratio"])) for r in others], "k")
+    methods = _ordered([{"c": k[0]} for k in keys], "c")
+    cells = {(_base(r), r["prune_ratio"], r["stage"]): r for r in others}
+    d_cell = _cell(100 * dense["mean"], 100 * dense["sem"], dense["n"]) if dense else ""
+    delta = dense is not None and "retrained" in stages
+    header = (["method", "prune ratio", "dense"] + [_STAGE_NAMES.get(s, str(s or "—")) for s in stages]
+              + (["retrained − dense"] if delta else []))
+    body = []
+    for c, x in sorted(keys, key=lambda k: (k[1], methods.index(k[0]))):
+        row = [c.removeprefix("prune-"), f"{x:g}", d_cell] + [
+            _cell(100 * cells[(c, x, s)]["mean"], 100 * cells[(c, x, s)]["sem"], cells[(c, x, s)]["n"])
+            if (c, x, s) in cells else "" for s in stages]
+        if delta:
+            r = cells.get((c, x, "retrained"))
+            row.append(_cell(100 * (r["mean"] - dense["mean"]), 100 * math.hypot(r["sem"], dense["sem"]),
+                             max(r["n"], dense["n"]), True) if r else "")
+        body.append(row)
+    if not body and dense:
+        body.append([_base(dense), "0", d_cell])
+    return header, body
+
+
+_STAGE_NAMES = {"pruned": "after pruning", "retrained": "after retraining"}
 
 
 def _metric_label(task, metric) -> str:
@@ -315,7 +334,12 @@ def _sections(d: Path, st: _Study, records, skipped, title) -> list[tuple]:
     if plots:
         B += [("h", 2, "Plots")] + [("img", a, f) for a, f in plots]
     if st.prune_rows:
-        B += [("h", 2, "Pruning"), ("p", "Headline metric (points) per prune ratio and stage.")]
+        B += [("h", 2, "Pruning"),
+              ("p", "Digital headline metric (points) of each pruning method and ratio: the dense model, "
+                    "right after pruning, and after retraining with the masks held. Methods are "
+                    "<criterion>-<structure> (mac = seed 000 MAC contribution, magnitude / l1 / l2 = "
+                    "weight norms, random = control); the pruned models on tiles are the "
+                    "`pruned` conditions of the time tables above.")]
         for task in _ordered(st.prune_rows, "task"):
             rows_t = [r for r in st.prune_rows if r["task"] == task]
             f = f"pruning_{_safe(task)}.png"

@@ -54,4 +54,7 @@ CONDITION_LABELS = {
 
 def condition_label(c: str) -> str:
     """A legend label for a condition name (the name itself when unknown)."""
+    base, at, ratio = c.partition("@")
+    if at and base in CONDITION_LABELS:  # "pruned@0.333": the model pruned at that ratio
+        return f"{CONDITION_LABELS[base]} (ratio {ratio})"
     return CONDITION_LABELS.get(c, c)

@@ -47,12 +47,16 @@ def _plot_pruning(path, rows, baseline, title, ylabel):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     scale = 100 if all(0 <= r["prune_ratio"] <= 1 for r in rows) else 1
+    dense = [r for r in rows if r["stage"] == "dense"]
+    rows = [r for r in rows if r["stage"] != "dense"] or dense
     keys = _ordered([dict(k=(_base(r), r["stage"], r["t_seconds"])) for r in rows], "k")
     vary = [len({k[i] for k in keys}) > 1 for i in range(3)]
     fig, ax = plt.subplots(figsize=_FIGSIZE, dpi=_DPI, layout="constrained")
     for i, k in enumerate(keys):
-        pts = sorted((r["prune_ratio"], r) for r in rows
-                     if (_base(r), r["stage"], r["t_seconds"]) == k)
+        pts = sorted(((r["prune_ratio"], r) for r in rows
+                      if (_base(r), r["stage"], r["t_seconds"]) == k), key=lambda p: p[0])
+        if dense and rows is not dense:  # every curve starts at the dense model (ratio 0)
+            pts = [(0.0, dense[0])] + pts
         label = " · ".join(str(p if j != 2 else time_label(p)) for j, p in enumerate(k)
                            if vary[j] or (j == 1 and p is not None)) or k[0]
         ax.errorbar([scale * x for x, _ in pts], [100 * r["mean"] for _, r in pts],

@@ -11,6 +11,7 @@ import copy
 import json
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -159,6 +160,22 @@ def write_hardware_summaries(cfg: StudyConfig, model: nn.Module, out: Path) -> N
     (out / "energy.md").write_text(render_markdown(attention_energy_table(model.config, seq_lens=seq)))
 
 
+def study_conditions(cfg: StudyConfig) -> List[Condition]:
+    """The study's conditions; with `pruning.ratios`, each "pruned*" condition becomes one
+    per ratio ("pruned@0.333" on the model pruned at ratio 0.333)."""
+    from .study_pruning import pruned_model_key, ratio_tag
+
+    out = []
+    for name in cfg.conditions:
+        c = CONDITIONS[name]
+        if c.model == "pruned" and cfg.pruning is not None and cfg.pruning.ratios:
+            out += [replace(c, name=f"{c.name}@{ratio_tag(r)}", model=pruned_model_key(r))
+                    for r in cfg.pruning.ratios]
+        else:
+            out.append(c)
+    return out
+
+
 def run_study(cfg: StudyConfig, out_dir: Optional[str] = None, progress: bool = True) -> Path:
     """Run (or continue) the study; returns the path of report.md."""
     from .report import build_report
@@ -170,7 +187,7 @@ def run_study(cfg: StudyConfig, out_dir: Optional[str] = None, progress: bool = 
     log = RecordLog(out / "results.jsonl")
     if log.records:
         _log(f"resuming: {len(log.records)} records already in {out / 'results.jsonl'}")
-    conditions = [CONDITIONS[c] for c in cfg.conditions]
+    conditions = study_conditions(cfg)
     needed = {c.model for c in conditions}
     for i, task in enumerate(cfg.tasks):
         base, tok = load_model_and_tokenizer(model_src, task, seed=cfg.seed)
@@ -181,9 +198,9 @@ def run_study(cfg: StudyConfig, out_dir: Optional[str] = None, progress: bool = 
         ranges: Dict[str, Dict[str, float]] = {}
         if "hwa" in needed:
             models["hwa"], ranges["hwa"] = _hwa_model(cfg, data, base, models["digital"], tok, out, progress)
-        if "pruned" in needed:
-            from .study_pruning import pruned_model
-            models["pruned"] = pruned_model(cfg, data, models, tok, out, progress, log)
+        if cfg.pruning is not None:
+            from .study_pruning import pruned_models
+            models.update(pruned_models(cfg, data, models, tok, out, progress, log))
         for key, batches in data.evals.items():
             _log(f"{key}: evaluating {len(conditions)} condition(s) × {len(cfg.sweep.times_seconds)} "
                  f"time(s) × {cfg.sweep.repeats} repeat(s)")

@@ -61,19 +61,72 @@ class HWAStudyConfig:
 
 @dataclass
 class PruneStudyConfig:
-    """Prune a fine-tuned model, retrain with the masks held, evaluate it on tiles."""
+    """Prune a fine-tuned model, retrain with the masks held, evaluate it on tiles.
+
+    `prune` is the method whose compacted model goes on tiles (the "pruned" conditions).
+    `ratios` (optional) repeats the whole step at each ratio (replacing `prune.ratio`); the
+    tile conditions are then named "pruned@<ratio>" per ratio. `baselines` are other
+    methods — each a mapping of PruneConfig fields overriding `prune`, e.g.
+    [{criterion: magnitude}, {criterion: random}] — pruned and retrained the same way at
+    every ratio, for the dense → pruned → retrained comparison (digital only).
+    """
 
     prune: PruneConfig = field(default_factory=PruneConfig)
     source: str = "digital"
     calibration_batches: int = 8
     retrain: Dict[str, Any] = field(default_factory=dict)  # FinetuneConfig overrides
     compact: bool = True
+    ratios: Optional[Tuple[float, ...]] = None
+    baselines: Tuple[Dict[str, Any], ...] = ()
 
     def __post_init__(self):
         _check_choice(self, "source", {"digital", "hwa"})
         _check_positive(self, "calibration_batches", integer=True)
         if isinstance(self.prune, dict):
             self.prune = from_dict(PruneConfig, self.prune, prefix="pruning.prune")
+        if self.ratios is not None:
+            if isinstance(self.ratios, (int, float)):
+                self.ratios = [self.ratios]
+            if not self.ratios:
+                _fail("PruneStudyConfig", "ratios", "must be a non-empty list of ratios in [0, 1) or null")
+            if self.prune.block_ratios:
+                _fail("PruneStudyConfig", "ratios", "cannot be combined with prune.block_ratios")
+            self.ratios = tuple(self.variant(ratio=r).ratio for r in self.ratios)
+            if len(set(self.ratios)) != len(self.ratios):
+                _fail("PruneStudyConfig", "ratios", f"repeats a ratio: {list(self.ratios)}")
+        if isinstance(self.baselines, dict) or not all(isinstance(b, dict) for b in self.baselines):
+            _fail("PruneStudyConfig", "baselines",
+                  "must be a list of mappings of PruneConfig fields, e.g. [{criterion: random}]")
+        self.baselines = tuple(dict(b) for b in self.baselines)
+        labels = [self.label(self.prune)]
+        for b in self.baselines:
+            if "ratio" in b or "block_ratios" in b:
+                _fail("PruneStudyConfig", "baselines", "set ratios in `ratios` / `prune`, not per baseline")
+            labels.append(self.label(self.variant(**b)))
+        if len(set(labels)) != len(labels):
+            _fail("PruneStudyConfig", "baselines", f"two methods are the same: {labels}")
+
+    def variant(self, **overrides) -> PruneConfig:
+        """`prune` with some fields replaced (validated)."""
+        return from_dict(PruneConfig, {**to_dict(self.prune), **overrides}, prefix="pruning")
+
+    @staticmethod
+    def label(pc: PruneConfig) -> str:
+        """A short method name for records and tables: "mac-rows", "random-rows", ..."""
+        s = f"{pc.criterion}-{pc.structure}"
+        return s + ("-admm" if pc.admm_rho is not None else "") + ("-global" if pc.scope == "global" else "")
+
+    def runs(self):
+        """[(label, PruneConfig, is_main)] for every ratio: the main method first."""
+        out = []
+        for r in self.ratios or (None,):
+            extra = {} if r is None else {"ratio": r}
+            main = self.variant(**extra)
+            out.append((self.label(main), main, True))
+            for b in self.baselines:
+                v = self.variant(**{**b, **extra})
+                out.append((self.label(v), v, False))
+        return out
 
 
 @dataclass

@@ -1,11 +1,12 @@
 """The prune → retrain → compact step of a study (seed 000 ch. 3, seed 003 baselines).
 
-Writes records of the digital headline metric at three stages — `dense` (before),
-`pruned` (masks applied, no retraining) and `retrained` — with `prune_ratio` and `stage`
-keys (condition "prune:<stage>"), a tile map before/after pruning (tiles freed per
-block), and the Fig. 3.1 / 3.2 pictures of the MAC analysis for the first FC2 layer.
-The compacted, retrained model is saved as a checkpoint and evaluated on tiles by the
-"pruned" conditions of the sweep.
+For every method (the main one and the baselines) and every ratio, writes records of the
+digital headline metric at three stages — "prune:dense" (before, once), then
+"prune-<method>:pruned" (masks applied, no retraining) and "prune-<method>:retrained" —
+with `prune_ratio`, `stage` and `method` keys. For the main method it also saves the
+compacted, retrained model (evaluated on tiles by the "pruned" conditions of the sweep),
+a tile map before/after pruning (tiles freed per block), and the Fig. 3.1 / 3.2 pictures
+of the MAC analysis for the first FC2 layer.
 """
 from __future__ import annotations
 
@@ -30,70 +31,114 @@ def _load_pruned(path: Path) -> nn.Module:
     return load_compacted(str(path)).eval()
 
 
-def pruned_model(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progress: bool,
-                 log: RecordLog) -> nn.Module:
-    """Prune `models[cfg.pruning.source]`, retrain with masks held, compact; cached on disk."""
-    from .mapping import MappingConfig, compare, comparison_markdown, map_model, plot_tile_layout
-    from .pruning import ADMMPruner, calibrate, compact, prune
-    from .tasks.metrics import headline_value
+def ratio_tag(ratio: float) -> str:
+    """How a prune ratio appears in model / condition / file names: 1/3 -> "0.333"."""
+    return f"{ratio:.3g}"
+
+
+def pruned_model_key(ratio) -> str:
+    """The study's model name for the main method's pruned model at `ratio` (None: the only one)."""
+    return "pruned" if ratio is None else f"pruned@{ratio_tag(ratio)}"
+
+
+def pruned_models(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progress: bool,
+                  log: RecordLog) -> Dict[str, nn.Module]:
+    """Every pruning run of the study for one task: {model key: compacted, retrained model}
+    for the main method at each ratio; baselines only write their records."""
+    from .pruning import calibrate
 
     p = cfg.pruning
-    pc = p.prune
-    path = out / "checkpoints" / data.task / "pruned"
-    if (path / "model.safetensors").exists():
-        _log(f"{data.task}: reusing pruned checkpoint {path}")
-        return _load_pruned(path)
-    eval_key, eval_batches = next(iter(data.evals.items()))
-    ratio = pc.ratio if not pc.block_ratios else max(pc.block_ratios.values())
-
-    def record(stage: str, model: nn.Module) -> float:
-        key = (eval_key, f"prune:{stage}", None, 0)
-        metrics = evaluate(model, eval_batches, eval_key)
-        if not log.has(key):
-            log.write({"task": eval_key, "condition": f"prune:{stage}", "t_seconds": None, "repeat": 0,
-                       "metrics": metrics, "headline": headline_value(eval_key, metrics),
-                       "prune_ratio": 0.0 if stage == "dense" else ratio, "stage": stage})
-        return headline_value(eval_key, metrics)
-
-    model = copy.deepcopy(models[p.source]).eval()
-    mcfg = MappingConfig.from_tile_config(cfg.analog.tile)
-    before = map_model(model, mcfg)
-    dense = record("dense", model)
     calib = []
     for b in data.train_loader(cfg.finetune_for(data.task).batch_size, cfg.seed + 3):
         calib.append({k: v for k, v in b.items() if k != "labels"})
         if len(calib) >= p.calibration_batches:
             break
-    stats = calibrate(model, calib, pc) if pc.criterion in ("mac", "activation") else None
+    source = models[p.source]
+    stats_cache: Dict[str, object] = {}
+    result: Dict[str, nn.Module] = {}
+    for label, pc, is_main in p.runs():
+        ratio = pc.ratio if not pc.block_ratios else max(pc.block_ratios.values())
+        key = pruned_model_key(ratio if p.ratios else None)
+        path = out / "checkpoints" / data.task / key
+        if is_main and (path / "model.safetensors").exists():
+            _log(f"{data.task}: reusing pruned checkpoint {path}")
+            result[key] = _load_pruned(path)
+            continue
+        if not is_main and log.has((data.task, f"prune-{label}:retrained", None, 0, ratio)):
+            continue
+        stats = None
+        if pc.needs_calibration:
+            if pc.criterion not in stats_cache:  # Δ statistics depend on the source model only
+                stats_cache[pc.criterion] = calibrate(source, calib, pc)
+            stats = stats_cache[pc.criterion]
+        model = _prune_retrain(cfg, data, source, pc, label, ratio, stats, log, progress)
+        if not is_main:
+            continue
+        masks = model.analogformer_masks
+        del model.analogformer_masks
+        if p.compact:
+            from .pruning import compact
+            compact(model, masks)
+        save_checkpoint(model, tok, path)
+        _tile_comparison(cfg, source, model, out, data.task if not p.ratios else f"{data.task}@{ratio_tag(ratio)}")
+        if pc.criterion == "mac" and not (out / f"mac_delta_{data.task}.png").exists():
+            _mac_pictures(copy.deepcopy(source), calib, pc, out, data.task)
+        result[key] = _load_pruned(path)
+    return result
+
+
+def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, stats, log: RecordLog,
+                   progress: bool) -> nn.Module:
+    """Prune a copy of `source` with `pc`, retrain with the masks held; records at each stage."""
+    from .pruning import ADMMPruner, prune
+    from .tasks.metrics import headline_value
+
+    p = cfg.pruning
+    eval_key, eval_batches = next(iter(data.evals.items()))
+
+    def record(condition: str, stage: str, model: nn.Module, x: float) -> float:
+        key = (eval_key, condition, None, 0, x)
+        if log.has(key):
+            return next(r["headline"] for r in log.records if r["task"] == eval_key and r["condition"] == condition
+                        and r.get("prune_ratio") == x)
+        metrics = evaluate(model, eval_batches, eval_key)
+        log.write({"task": eval_key, "condition": condition, "t_seconds": None, "repeat": 0,
+                   "metrics": metrics, "headline": headline_value(eval_key, metrics),
+                   "prune_ratio": x, "stage": stage, "method": label if stage != "dense" else p.source})
+        return headline_value(eval_key, metrics)
+
+    model = copy.deepcopy(source).eval()
+    dense = record("prune:dense", "dense", model, 0.0)
     fcfg = cfg.finetune_for(data.task, p.retrain)
     if pc.admm_rho is not None:
-        _log(f"{data.task}: ADMM phase (rho {pc.admm_rho:g})")
+        _log(f"{data.task}: {label} ratio {ratio:.3f}: ADMM phase (rho {pc.admm_rho:g})")
         admm = ADMMPruner(model, pc, stats)
         finetune(model, data.train_loader(fcfg.batch_size, fcfg.seed + 11), fcfg,
                  after_step=admm.step, extra_loss=admm.penalty, progress=progress)
         masks = admm.finalize(model)
     else:
         masks = prune(model, pc, stats)
-    after_prune = record("pruned", model)
-    _log(f"{data.task}: pruned {pc.criterion}/{pc.structure} ratio {ratio:.3f} on {list(pc.blocks)}: "
+    after_prune = record(f"prune-{label}:pruned", "pruned", model, ratio)
+    _log(f"{data.task}: pruned {label} ratio {ratio:.3f} on {list(pc.blocks)}: "
          f"{100 * dense:.2f} -> {100 * after_prune:.2f}; retraining {fcfg.epochs} epoch(s)")
     masks.register_gradient_hooks(model)
     finetune(model, data.train_loader(fcfg.batch_size, fcfg.seed + 13), fcfg,
              after_step=masks.after_step, progress=progress)
     masks.remove_hooks()
-    retrained = record("retrained", model)
-    _log(f"{data.task}: after retraining {100 * retrained:.2f}")
-    if p.compact:
-        compact(model, masks)
-    save_checkpoint(model, tok, path)
-    after = map_model(model, MappingConfig.from_tile_config(cfg.analog.tile, live_only=True))
-    rows = compare(before, after)
-    (out / f"pruning_tiles_{data.task}.md").write_text(comparison_markdown(rows))
-    plot_tile_layout(before, str(out / f"pruning_tiles_{data.task}.png"), after=after)
-    _write_artifact(out, f"{data.task}: tiles before / after pruning", f"pruning_tiles_{data.task}.png")
-    if pc.criterion == "mac":
-        _mac_pictures(copy.deepcopy(models[p.source]), calib, pc, out, data.task)
-    return _load_pruned(path)
+    retrained = record(f"prune-{label}:retrained", "retrained", model, ratio)
+    _log(f"{data.task}: {label} ratio {ratio:.3f} after retraining {100 * retrained:.2f}")
+    model.analogformer_masks = masks
+    return model
+
+
+def _tile_comparison(cfg, dense: nn.Module, pruned: nn.Module, out: Path, tag: str) -> None:
+    from .mapping import MappingConfig, compare, comparison_markdown, map_model, plot_tile_layout
+
+    before = map_model(dense, MappingConfig.from_tile_config(cfg.analog.tile))
+    after = map_model(pruned, MappingConfig.from_tile_config(cfg.analog.tile, live_only=True))
+    (out / f"pruning_tiles_{tag}.md").write_text(comparison_markdown(compare(before, after)))
+    plot_tile_layout(before, str(out / f"pruning_tiles_{tag}.png"), after=after)
+    _write_artifact(out, f"{tag}: tiles before / after pruning", f"pruning_tiles_{tag}.png")
 
 
 def _write_artifact(out: Path, title: str, filename: str) -> None:

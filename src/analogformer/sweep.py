@@ -79,6 +79,9 @@ class SweepConfig:
     calibration_batches: int = 4
     calibration_percentile: Optional[float] = 99.0  # 99.99 lets outliers set r: output noise then swamps typical inputs
     eval_batch_size: int = 64
+    # condition name -> the subset of times_seconds it is evaluated at (default: all), e.g.
+    # {"hwa-int6": [2592000]} to add INT6 attention only at 1 month
+    times_per_condition: Optional[Dict[str, Tuple[float, ...]]] = None
 
     def __post_init__(self):
         self.times_seconds = tuple(float(t) for t in self.times_seconds)
@@ -91,11 +94,37 @@ class SweepConfig:
             _check_positive(self, n, integer=True)
         if self.calibration_percentile is not None and not 0 < self.calibration_percentile <= 100:
             _fail("SweepConfig", "calibration_percentile", "must be in (0, 100] or null (max |x|)")
+        if self.times_per_condition is not None:
+            if not isinstance(self.times_per_condition, dict):
+                _fail("SweepConfig", "times_per_condition",
+                      f"must map condition names to lists of times, got {self.times_per_condition!r}")
+            fixed = {}
+            for name, times in self.times_per_condition.items():
+                if name not in CONDITIONS:
+                    _fail("SweepConfig", "times_per_condition",
+                          f"unknown condition {name!r}; allowed: {list(CONDITIONS)}")
+                if isinstance(times, (int, float)):
+                    times = [times]
+                times = tuple(float(t) for t in times)
+                extra = [t for t in times if t not in self.times_seconds]
+                if not times or extra:
+                    _fail("SweepConfig", "times_per_condition",
+                          f"{name}: times must be a non-empty subset of times_seconds "
+                          f"{list(self.times_seconds)}; not in it: {extra}")
+                fixed[name] = times
+            self.times_per_condition = fixed
+
+    def times_for(self, condition: str) -> Tuple[float, ...]:
+        """The time points `condition` is evaluated at."""
+        per = self.times_per_condition or {}
+        return per.get(condition, per.get(condition.split("@")[0], self.times_seconds))
 
 
 def record_key(r: dict) -> Tuple:
-    t = r.get("t_seconds")
-    return (r["task"], r["condition"], None if t is None else float(t), int(r["repeat"]))
+    """(task, condition, t_seconds, repeat, prune_ratio): what makes a record unique."""
+    t, x = r.get("t_seconds"), r.get("prune_ratio")
+    return (r["task"], r["condition"], None if t is None else float(t), int(r["repeat"]),
+            None if x is None else float(x))
 
 
 class RecordLog:
@@ -123,7 +152,8 @@ class RecordLog:
         self.done = {record_key(r) for r in self.records}
 
     def has(self, key: Tuple) -> bool:
-        return key in self.done
+        """`key` as record_key; a 4-tuple (no prune ratio) means prune_ratio None."""
+        return (tuple(key) + (None,) * (5 - len(key))) in self.done
 
     def write(self, record: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,7 +218,7 @@ def run_time_sweep(models: Dict[str, nn.Module], task: str, conditions: Sequence
     groups: Dict[Tuple, List[Condition]] = {}
     for c in analog:
         groups.setdefault((c.model, c.gamma, c.attention_bits), []).append(c)
-    todo = len(digital) + sum(1 for c in analog for ti, t in enumerate(cfg.times_seconds)
+    todo = len(digital) + sum(1 for c in analog for t in cfg.times_for(c.name)
                               for r in range(cfg.repeats) if not log.has((task, c.name, t, r)))
     bar = tqdm(total=todo, desc=f"{task} sweep", disable=not progress or todo == 0, leave=False)
     for c in digital:
@@ -197,8 +227,8 @@ def run_time_sweep(models: Dict[str, nn.Module], task: str, conditions: Sequence
         emit(c, None, 0, evaluate(m))
         bar.update(1)
     for (model_name, gamma, attn_bits), conds in groups.items():
-        pending = [(r, ti, c) for r in range(cfg.repeats) for ti, t in enumerate(cfg.times_seconds)
-                   for c in conds if not log.has((task, c.name, t, r))]
+        pending = [(r, t, c) for r in range(cfg.repeats) for t in cfg.times_seconds
+                   for c in conds if t in cfg.times_for(c.name) and not log.has((task, c.name, t, r))]
         if not pending:
             continue
         acfg = copy.deepcopy(analog_cfg)
@@ -215,7 +245,8 @@ def run_time_sweep(models: Dict[str, nn.Module], task: str, conditions: Sequence
             with torch.no_grad():
                 program(model, seed=_seed(cfg.seed, r))
             for ti, t in enumerate(cfg.times_seconds):
-                todo_c = [c for c in conds if not log.has((task, c.name, t, r))]
+                todo_c = [c for c in conds
+                          if t in cfg.times_for(c.name) and not log.has((task, c.name, t, r))]
                 if not todo_c:
                     continue
                 with torch.no_grad():

@@ -38,11 +38,13 @@ def _expand_blocks(keep: torch.Tensor, block_shape: Tuple[int, int],
 
 
 def unit_scores(weight: torch.Tensor, cfg: PruneConfig,
-                stats: Optional[LayerStats] = None) -> torch.Tensor:
+                stats: Optional[LayerStats] = None,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Importance of each unit of `weight` (out, in) for cfg.criterion / cfg.structure.
 
     Shapes: rows -> (in,), columns -> (out,), irregular -> (out, in),
     blocks -> (ceil(out/cols), ceil(in/rows)) for block_shape = (rows, cols).
+    "random" draws from `generator` (default: one seeded with cfg.seed).
     """
     w = weight.detach().double()
     crit, struct = cfg.criterion, cfg.structure
@@ -51,9 +53,15 @@ def unit_scores(weight: torch.Tensor, cfg: PruneConfig,
                          "stats=calibrate(model, batches, cfg)")
     if crit == "mac":
         return (stats.row_score if struct == "rows" else stats.col_score).double()
-    if crit == "magnitude":
+    if crit == "random":
+        shape = {"rows": w.shape[1:], "columns": w.shape[:1], "irregular": w.shape}.get(struct)
+        if shape is None:
+            shape = _block_sum(w, cfg.block_shape).shape
+        gen = generator or torch.Generator().manual_seed(cfg.seed)
+        return torch.rand(tuple(shape), generator=gen, dtype=torch.float64)
+    if crit == "magnitude" and struct == "irregular":
         return w.abs()
-    if crit == "l1":
+    if crit in ("l1", "magnitude"):
         a = w.abs()
     elif crit == "l2":
         a = w * w
@@ -148,9 +156,10 @@ def masks_from_weights(weights: Dict[str, torch.Tensor], blocks: Dict[str, str],
     wm: Dict[str, torch.Tensor] = {}
     bm: Dict[str, torch.Tensor] = {}
     by_block: Dict[str, List[Tuple[Tuple[str, ...], torch.Tensor]]] = {}
+    gen = torch.Generator().manual_seed(cfg.seed)  # "random": one stream over the matrices in order
     for lead, members in joint.items():
         s = sum(unit_scores(weights[n], cfg, stats[n] if stats is not None and n in stats
-                            else None) for n in members)
+                            else None, generator=gen) for n in members)
         by_block.setdefault(blocks[lead], []).append((members, s))
     for block, units in by_block.items():
         keeps = _keep_from_scores([s for _, s in units], cfg.ratio_for(block), cfg.scope)

@@ -7,17 +7,18 @@ from typing import Dict, Optional, Tuple
 
 from .targets import BLOCKS
 
-CRITERIA = ("mac", "magnitude", "l1", "l2", "activation")
+CRITERIA = ("mac", "magnitude", "l1", "l2", "activation", "random")
 STRUCTURES = ("rows", "columns", "irregular", "blocks")
 SCOPES = ("layer", "global")
 
 # criterion -> structures it is defined for
 _ALLOWED = {
     "mac": ("rows", "columns"),          # seed 000: row (input) contribution; columns by symmetry
-    "magnitude": ("irregular",),         # seed 003: irregular |w|
+    "magnitude": ("irregular", "rows", "columns", "blocks"),  # |w|; structured: sum of |w| (= l1)
     "l1": ("rows", "columns", "blocks"),
     "l2": ("rows", "columns", "blocks"),  # seed 003: row/column L2 norm, whole blocks
     "activation": ("irregular", "rows", "columns", "blocks"),  # |W_ij| * ||x_j||_2
+    "random": ("irregular", "rows", "columns", "blocks"),  # control: uniform random scores
 }
 
 
@@ -38,7 +39,9 @@ class PruneConfig:
 
     criterion: "mac" (seed 000 MAC contribution, needs calibration statistics),
         "magnitude" (|w|, irregular), "l1" / "l2" (norm of a row, column or block),
-        "activation" (|W_ij|·‖x_j‖₂ summed over the unit; needs calibration statistics).
+        "activation" (|W_ij|·‖x_j‖₂ summed over the unit; needs calibration statistics),
+        "random" (uniform random scores drawn from `seed`: the control every criterion must beat).
+        For rows / columns / blocks "magnitude" is the sum of |w| over the unit (as "l1").
     structure: "rows" = crossbar rows = inputs j (columns of the (out, in) weight),
         "columns" = crossbar columns = outputs i, "irregular" = single weights,
         "blocks" = rectangles of `block_shape` = (rows=inputs, cols=outputs).
@@ -53,6 +56,7 @@ class PruneConfig:
     mac_eps: |y| below this is clamped to it in Δ = |w x / y|.
     admm_rho: ADMM penalty weight; None = no ADMM (prune once, then retrain with masks).
     admm_interval_steps: optimizer steps between ADMM projections (Z, U updates).
+    seed: seed of the "random" criterion.
     """
 
     criterion: str = "mac"
@@ -67,6 +71,7 @@ class PruneConfig:
     mac_eps: float = 1e-6
     admm_rho: Optional[float] = None
     admm_interval_steps: int = 10
+    seed: int = 0
 
     def __post_init__(self):
         if self.criterion not in CRITERIA:
@@ -117,6 +122,8 @@ class PruneConfig:
                 self.admm_interval_steps, int) or self.admm_interval_steps <= 0:
             _fail("admm_interval_steps", f"must be a positive int, got "
                                          f"{self.admm_interval_steps!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            _fail("seed", f"must be an int, got {self.seed!r}")
 
     def ratio_for(self, block: str) -> float:
         if self.block_ratios and block in self.block_ratios:
