@@ -294,6 +294,25 @@ def test_fused_inference_path_matches_generic_pipeline(rows):
     assert ((fast - lin(x)).std() / lin(x).std()) < 0.4  # heavy input clipping at r = 3
 
 
+@pytest.mark.parametrize("rows", [512, 40])
+def test_fused_path_in_row_chunks_equals_one_block(rows, monkeypatch):
+    """Long inputs go through the fused path in blocks of rows: same outputs, exactly."""
+    import analogformer.nn.linear as lin_mod
+    cfg = af.AnalogConfig(adc=ADCConfig(output_noise_std=None), tile=TileConfig(rows=rows, cols=32))
+    layer, _ = _layer(cfg, 100, 70)
+    layer.input_range.data.fill_(3.0)
+    x = torch.randn(3, 333, 100, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        af.program(nn.Sequential(layer), 0)
+        whole = layer(x)
+        monkeypatch.setattr(lin_mod, "_CHUNK_ELEMENTS", 64 * 100)  # 64-row blocks
+        chunked = layer(x)
+        assert chunked.shape == (3, 333, 70) and torch.equal(chunked, whole)
+        x[1, 200, 7] = float("nan")  # a NaN in a late block is still caught
+        with pytest.raises(ValueError, match="NaN"):
+            layer(x)
+
+
 def test_fused_path_sees_range_and_weight_changes():
     layer, lin = _layer(af.AnalogConfig(adc=ADCConfig(output_noise_std=None)))
     x = torch.randn(8, 96, generator=torch.Generator().manual_seed(1))
