@@ -113,6 +113,37 @@ def test_noise_resampled_per_forward_and_gradient_straight_through():
         assert torch.equal(layer(x), ref)
 
 
+@pytest.mark.parametrize("pool", [1 << 16, None])
+def test_training_output_noise_from_pool_is_standard_normal_and_fresh(pool):
+    """Output noise in HWA training: windows of one shared N(0, 1) pool at random offsets
+    (or fresh draws with pool None): std = output_noise_std in ADC-bound units, different
+    on every forward, reproducible from torch's seed."""
+    cfg = af.AnalogConfig.ideal()
+    cfg.adc.output_noise_std = 0.05  # no ADC / DAC: y + 0.05·n in units of w_max·r
+    torch.manual_seed(0)
+    layer = af.AnalogLinear(64, 128, config=cfg, bias=False)
+    layer.input_range.data.fill_(1.0)
+    torch.manual_seed(1)
+    prepare_hwa(layer, HWAConfig(weight_noise=None, output_noise_pool=pool, **NOISE_ONLY))
+    assert (layer._train_noise_pool is None) == (pool is None)
+    layer.train()
+    x = torch.zeros(256, 64)  # zero inputs: the output is the noise alone
+    w_max = float(layer.weight.detach().abs().max())
+    with torch.no_grad():
+        torch.manual_seed(2)
+        a, b = layer(x) / w_max, layer(x) / w_max
+        torch.manual_seed(2)
+        a2 = layer(x) / w_max
+    assert torch.equal(a, a2)                       # seeded
+    assert float((a - b).abs().mean()) > 0.02       # a different window / draw each forward
+    for n in (a, b):
+        assert abs(float(n.std()) - 0.05) < 0.05 * 0.03 and abs(float(n.mean())) < 0.002
+    remove_hwa(layer)
+    assert layer._train_noise_pool is None
+    with pytest.raises(ValueError, match="output_noise_pool"):
+        HWAConfig(output_noise_pool=0)
+
+
 def test_no_noise_when_off_and_remove_hwa_drops_hook():
     layer = ideal_layer(32, 16)
     prepare_hwa(layer, HWAConfig(weight_noise=None, **NOISE_ONLY))
@@ -338,8 +369,10 @@ def test_short_hwa_finetune_reduces_loss_and_keeps_clipping():
     assert hist.steps == 40
     assert after < 0.3 * before, (before, after)
     for _, layer in af.analog_layers(model):
+        # the bound is 3σ of the weights *before* the last clip; clipping the tails then
+        # lowers σ by a few per mille, so allow 2 % over the post-clip σ
         w = layer.weight.detach()
-        assert w.abs().max() <= 3.0 * w.std(correction=0) * (1 + 1e-6)
+        assert w.abs().max() <= 3.0 * w.std(correction=0) * 1.02
     # programmed inference after HWA: remove hooks (folding output scales), program, drift
     remove_hwa(model)
     af.program(model, seed=0)

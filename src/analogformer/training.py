@@ -71,6 +71,12 @@ class HWAConfig:
     input_range_min: ranges are kept ≥ this after every step (a range at 0 divides by 0).
     output_scales: add a learned digital scale per output column (after the ADC, before
       the bias), a Parameter `hwa_output_scale` in the layer's state_dict.
+    output_noise_pool: the ADC output noise of training forwards is a window, at a fresh
+      random offset each forward, of one pool of this many N(0, 1) draws (drawn once by
+      `prepare_hwa` from torch's global RNG, shared by the layers) instead of fresh draws
+      — fresh draws are the largest single cost of an HWA step. Every window is i.i.d.
+      N(0, 1); windows of different forwards are shifted copies of the same pool.
+      None: fresh draws every forward. Outputs larger than the pool get fresh draws.
     """
 
     weight_noise: Optional[str] = "pcm"
@@ -86,6 +92,7 @@ class HWAConfig:
     input_range_lr: float = 1e-2
     input_range_min: float = 1e-3
     output_scales: bool = False
+    output_noise_pool: Optional[int] = 1 << 24
 
     def __post_init__(self):
         choices = {"weight_noise": ("gaussian", "pcm", None), "clip": ("fixed", "sigma", None),
@@ -113,6 +120,9 @@ class HWAConfig:
         n = self.input_range_batches
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             _fail("input_range_batches", f"must be an int >= 1, got {n!r}")
+        n = self.output_noise_pool
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            _fail("output_noise_pool", f"must be an int >= 1 or None (fresh draws), got {n!r}")
         for name in ("input_range_lr", "input_range_min"):
             v = getattr(self, name)
             if not (_is_number(v) and v > 0):
@@ -128,7 +138,8 @@ class GaussianWeightNoise:
         self.scale = float(scale)
 
     def __call__(self, wn: torch.Tensor) -> torch.Tensor:
-        return wn + torch.randn_like(wn, requires_grad=False).mul_(self.scale)
+        # torch.randn, not randn_like: wn is a transposed view and strided draws are ~5× slower
+        return wn + torch.randn(wn.shape, dtype=wn.dtype, device=wn.device).mul_(self.scale)
 
     def std(self, wn: torch.Tensor) -> torch.Tensor:
         return torch.full_like(wn, self.scale)
@@ -165,7 +176,7 @@ class PCMWeightNoise:
 
     def __call__(self, wn: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            noise = self.std(wn).mul_(torch.randn_like(wn))
+            noise = self.std(wn).mul_(torch.randn(wn.shape, dtype=wn.dtype, device=wn.device))
         return wn + noise
 
     def __repr__(self) -> str:
@@ -252,8 +263,13 @@ def prepare_hwa(model: nn.Module, hwa_cfg: HWAConfig,
                              "input_range_init='config' or None")
         calibrate_input_ranges(model, itertools.islice(calib_batches, hwa_cfg.input_range_batches),
                                percentile=hwa_cfg.input_range_percentile)
+    pool = None
+    if hwa_cfg.output_noise_pool is not None and any(
+            layer.config.adc.output_noise_std is not None for _, layer in layers):
+        pool = torch.randn(hwa_cfg.output_noise_pool, device=layers[0][1].weight.device)
     for _, layer in layers:
         layer.weight_noise = _make_noise(hwa_cfg, layer)
+        layer._train_noise_pool = pool
         if hwa_cfg.input_range_init == "config":
             layer.input_range.data.fill_(layer.config.dac.init_range)
         layer.input_range.requires_grad_(hwa_cfg.learn_input_ranges)
@@ -276,6 +292,7 @@ def remove_hwa(model: nn.Module, fold_output_scales: bool = True) -> nn.Module:
     """
     for _, layer in _require_analog(model, "remove_hwa"):
         layer.weight_noise = None
+        layer._train_noise_pool = None
         if fold_output_scales:
             _drop_output_scale(layer, fold=True)
     return model

@@ -92,6 +92,7 @@ class AnalogLinear(nn.Linear):
         self._generator: Optional[torch.Generator] = None
         self._offset_rng: Optional[random.Random] = None  # pool offsets, seeded with the generator
         self._noise_pool: Optional[torch.Tensor] = None  # shared by all layers of a model
+        self._train_noise_pool: Optional[torch.Tensor] = None  # HWA training, see training.py
         self._w_read_scale = 1.0  # _w_read = normalized read weights × this factor
         self._fast = None  # cached constants of the fused inference path
         self._state_version = 0
@@ -163,6 +164,10 @@ class AnalogLinear(nn.Linear):
         pool = self._noise_pool
         n = math.prod(shape)
         if self.training or self._generator is None:
+            train_pool = self._train_noise_pool  # HWA training (HWAConfig.output_noise_pool)
+            if self.training and train_pool is not None and n <= train_pool.numel():
+                start = int(torch.randint(train_pool.numel() - n + 1, (1,)))
+                return train_pool[start:start + n].view(shape)
             return torch.randn(shape, dtype=dtype, device=device)
         if pool is None or n > pool.numel():
             return torch.randn(shape, generator=self._generator, dtype=dtype, device=device)
@@ -236,19 +241,23 @@ class AnalogLinear(nn.Linear):
         xd, unit, r = self._dac(x2)
         wn, scale = self._weight_view()
         if len(self.row_sizes) == 1:
-            y = torch.matmul(xd, wn[0]).unsqueeze(0)
-        else:
-            y = torch.bmm(self._rows_to_tiles(xd), wn)
+            ys = [torch.matmul(xd, wn[0])]
+        else:  # one plain GEMM per row tile on its slice of the inputs
+            ys = [torch.mm(xt, wn[k] if size == wn.shape[1] else wn[k, :size])
+                  for k, (xt, size) in enumerate(zip(torch.split(xd, self.row_sizes, dim=1),
+                                                     self.row_sizes))]
         adc = self.config.adc
         if torch.is_grad_enabled() and adc.bits is not None and not torch.is_tensor(unit):
-            # fused noise + ADC + gain + partial sums + bias (one autograd node, one mask)
-            noise = (self._output_noise(y.shape, y.dtype, y.device)
+            # fused noise + ADC + gain + partial sums + bias (one autograd node, one mask per tile)
+            noise = (self._output_noise((len(ys),) + ys[0].shape, ys[0].dtype, ys[0].device)
                      if adc.output_noise_std is not None else None)
             gain = scale.unsqueeze(1) * (r * unit)
-            out = ReadoutSTE.apply(y * unit if unit != 1.0 else y, gain, self.bias, noise,
-                                   float(adc.output_noise_std or 0.0), float(_levels(adc.bits)),
-                                   float(adc.bound))
+            if unit != 1.0:
+                ys = [y * unit for y in ys]
+            out = ReadoutSTE.apply(gain, self.bias, noise, float(adc.output_noise_std or 0.0),
+                                   float(_levels(adc.bits)), float(adc.bound), *ys)
             return out.reshape(*shape[:-1], self.out_features)
+        y = torch.stack(ys)
         y, unit = self._adc(y, unit)
         gain = scale.unsqueeze(1) * (r * unit)  # (K, 1 or N, out)
         if len(self.row_sizes) > 1:
