@@ -100,10 +100,15 @@ def main():
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--stages", action="store_true", help="also time the per-stage cost of one layer")
+    p.add_argument("--default-allocator", action="store_true",
+                   help="skip af.tune_allocator() (glibc mmap threshold; on by default, as in the CLI)")
     a = p.parse_args()
+    if not a.default_allocator:
+        af.tune_allocator()
     if a.threads:
         torch.set_num_threads(a.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"allocator {'default' if a.default_allocator else 'tuned (af.tune_allocator)'}")
     t = minilm_steps(a.repeats)
     print(f"MiniLM train step (32 x 128, fwd+bwd+AdamW): digital {t['digital']:.2f} s, "
           f"HWA {t['hwa']:.2f} s, ratio {t['hwa'] / t['digital']:.2f}x (target <= 1.5x)")

@@ -60,10 +60,15 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--skip-minilm", action="store_true")
+    p.add_argument("--default-allocator", action="store_true",
+                   help="skip af.tune_allocator() (glibc mmap threshold; on by default, as in the CLI)")
     a = p.parse_args()
+    if not a.default_allocator:
+        af.tune_allocator()
     if a.threads:
         torch.set_num_threads(a.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"allocator {'default' if a.default_allocator else 'tuned (af.tune_allocator)'}")
     t = layer_ratio()
     print(f"512x512 layer, batch (128, 512), programmed, 8b DAC/10b ADC/out-noise: "
           f"nn.Linear {t['digital']*1e6:.0f} us, AnalogLinear {t['analog']*1e6:.0f} us, "

@@ -109,6 +109,21 @@ def test_rerun_with_different_config_is_refused(setup, capsys):
     assert "different config" in capsys.readouterr().err
 
 
+def test_output_dir_of_an_older_version_is_resumable(tmp_path):
+    """A config.yaml written before an option existed (key absent) still matches; a
+    changed value does not."""
+    from analogformer.study import check_output_dir
+    from analogformer.study_config import dump_study_config
+    cfg = load_study_config(None, ["tasks=[sst2]"])
+    old = yaml.safe_load(dump_study_config(cfg))
+    del old["sweep"]["times_per_condition"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    check_output_dir(tmp_path, cfg)  # accepted, and rewritten in the new form
+    assert "times_per_condition" in (tmp_path / "config.yaml").read_text()
+    with pytest.raises(ValueError, match=r"sweep.repeats"):
+        check_output_dir(tmp_path, load_study_config(None, ["tasks=[sst2]", "sweep.repeats=3"]))
+
+
 def test_pruning_step_in_study(setup):
     root, glue, model_dir = setup
     cfg_path = _config(root, glue, model_dir, tasks=["sst2"], conditions=["digital", "pruned"],

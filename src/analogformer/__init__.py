@@ -12,11 +12,13 @@ from .inference import (calibrate_input_ranges, drift, program, reseed_noise, re
                         set_compensation, unprogram)
 from .nn.convert import analog_layers, analogize
 from .nn.linear import AnalogLinear
+from .runtime import tune_allocator
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ADCConfig", "AnalogConfig", "AnalogLinear", "CompensationConfig", "DACConfig",
     "PCMConfig", "TileConfig", "analog_layers", "analogize", "calibrate_input_ranges",
-    "drift", "program", "reseed_noise", "reset", "set_compensation", "unprogram",
+    "drift", "program", "reseed_noise", "reset", "set_compensation", "tune_allocator",
+    "unprogram",
 ]

@@ -217,6 +217,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(a, "command", None):
         parser.print_help()
         return 2
+    from .runtime import tune_allocator
+    tune_allocator()  # big temporaries from a warm heap, not fresh mmaps (see runtime.py)
     try:
         return a.func(a)
     except ValueError as e:

@@ -31,16 +31,32 @@ def _log(msg: str) -> None:
     print(f"[analogformer {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def _config_changes(old, new, prefix: str = "") -> List[str]:
+    """Keys whose values differ between two config dicts. Keys the old dict lacks are
+    options added by a newer analogformer (at their defaults): not a change."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+    out = []
+    for k in new:
+        if k in old:
+            out += _config_changes(old[k], new[k], f"{prefix}.{k}" if prefix else str(k))
+    out += [f"{prefix}.{k}" if prefix else str(k) + ": removed" for k in old if k not in new]
+    return out
+
+
 def check_output_dir(out: Path, cfg: StudyConfig) -> None:
     """Write config.yaml, or refuse to mix results of a different config into `out`."""
+    import yaml
+
     out.mkdir(parents=True, exist_ok=True)
     text = dump_study_config(cfg)
     path = out / "config.yaml"
     if path.exists() and path.read_text() != text:
-        old = path.read_text().splitlines()
-        diff = [l for l in text.splitlines() if l not in old][:5]
-        raise ValueError(f"{out} holds a study run with a different config (changed lines: {diff}); "
-                         "choose another --out folder, or delete the folder to start over")
+        changes = _config_changes(yaml.safe_load(path.read_text()) or {}, yaml.safe_load(text))
+        if changes:
+            raise ValueError(f"{out} holds a study run with a different config (changed: "
+                             f"{changes[:5]}); choose another --out folder, or delete the folder "
+                             "to start over")
     path.write_text(text)
 
 

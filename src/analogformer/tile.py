@@ -93,39 +93,46 @@ def _sum_to(t: torch.Tensor, shape) -> torch.Tensor:
 
 
 class DacSTE(torch.autograd.Function):
-    """x -> round(clamp(x / r, -1, 1)·n)/n; d/dx = 1/r and d/dr = −x/r² inside the range."""
+    """x -> DAC codes round(clamp(x·n/r, -n, n)); d/dx = n/r and d/dr = −x·n/r² inside
+    the range (a code is x_q/r·n: one code = r/n input units)."""
 
     @staticmethod
     def forward(ctx, x, r, n):
-        xn = x / r
-        mask = xn.abs() <= 1.0
-        ctx.save_for_backward(xn, r, mask)
-        return xn.clamp(-1.0, 1.0).mul_(n).round_().div_(n)
+        xs = (x / r).mul_(n)  # x/r first: exactly ±1 at x = ±r (absmax scaling puts a value there)
+        c = xs.clamp(-n, n)
+        mask = c == xs  # inside the range (NaN: outside)
+        ctx.save_for_backward(xs, r, mask)
+        ctx.n = n
+        return c.round_()
 
     @staticmethod
     def backward(ctx, g):
-        xn, r, mask = ctx.saved_tensors
-        gm = g * mask
-        grad_x = gm / r if ctx.needs_input_grad[0] else None
+        xs, r, mask = ctx.saved_tensors
+        gx = torch.where(mask, g, 0.0).mul_(ctx.n / r)  # d/dx inside the range
         grad_r = None
-        if ctx.needs_input_grad[1]:
-            grad_r = _sum_to(-(gm * xn) / r, r.shape) if r.dim() else -(gm * xn).sum() / r
-        return grad_x, grad_r, None
+        if ctx.needs_input_grad[1]:  # -Σ g·mask·xs / r = -Σ gx·xs / n
+            if r.dim() == 0:
+                grad_r = torch.dot(gx.reshape(-1), xs.reshape(-1)).neg_().div_(ctx.n)
+            else:
+                grad_r = _sum_to(gx * xs, r.shape).neg_().div_(ctx.n)
+        return gx if ctx.needs_input_grad[0] else None, grad_r, None
 
 
 class ReadoutSTE(torch.autograd.Function):
-    """Per-tile outputs y_k (N, out) in normalized units, one per row tile -> output noise
-    -> ADC (STE) -> × gain_k (1|N, out) -> sum over row tiles -> + bias, as one autograd
-    node. Taking the tiles as separate tensors lets each be one plain GEMM on its slice
-    of the inputs (a batched GEMM on strided tiles is ~3× slower on CPU)."""
+    """Per-tile outputs y_k (N, out) in ADC code units, one per row tile -> output noise
+    -> ADC (clamp to ±n, round; STE) -> × gain_k (1|N, out) -> sum over row tiles ->
+    + bias, as one autograd node. Taking the tiles as separate tensors lets each be one
+    plain GEMM on its slice of the inputs (a batched GEMM on strided tiles is ~3× slower
+    on CPU)."""
 
     @staticmethod
-    def forward(ctx, gain, bias, noise, noise_std, n, bound, *ys):
+    def forward(ctx, gain, bias, noise, noise_std, n, *ys):
         masks, qs, out = [], [], None
         for k, y in enumerate(ys):
-            t = y.clone() if noise is None else torch.add(y, noise[k], alpha=noise_std)
-            masks.append(t.abs() <= bound)
-            q = t.clamp_(-bound, bound).mul_(n / bound).round_().mul_(bound / n)
+            t = y if noise is None else torch.add(y, noise[k], alpha=noise_std)
+            c = t.clamp(-n, n)
+            masks.append(c == t)
+            q = c.round_()
             qs.append(q)
             if out is None:
                 out = torch.addcmul(bias, q, gain[k]) if bias is not None else q * gain[k]
@@ -133,7 +140,6 @@ class ReadoutSTE(torch.autograd.Function):
                 out.addcmul_(q, gain[k])
         ctx.save_for_backward(gain, *masks, *qs)
         ctx.n_tiles = len(ys)
-        ctx.bias_shape = None if bias is None else bias.shape
         return out
 
     @staticmethod
@@ -141,10 +147,10 @@ class ReadoutSTE(torch.autograd.Function):
         gain, *rest = ctx.saved_tensors
         k = ctx.n_tiles
         masks, qs = rest[:k], rest[k:]
-        grad_ys = [(g * gain[i]).mul_(masks[i]) if ctx.needs_input_grad[6 + i] else None
+        grad_ys = [torch.where(masks[i], g * gain[i], 0.0) if ctx.needs_input_grad[5 + i] else None
                    for i in range(k)]
         grad_gain = None
         if ctx.needs_input_grad[0]:
             grad_gain = torch.stack([_sum_to(g * q, gain.shape[1:]) for q in qs])
         grad_bias = g.sum(0) if ctx.needs_input_grad[1] else None
-        return (grad_gain, grad_bias, None, None, None, None, *grad_ys)
+        return (grad_gain, grad_bias, None, None, None, *grad_ys)

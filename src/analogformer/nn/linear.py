@@ -189,9 +189,9 @@ class AnalogLinear(nn.Linear):
             return x, 1.0 / r, r
         if dac.input_scaling == "absmax":
             r = x.detach().abs().amax(dim=-1, keepdim=True).clamp_min_(1e-12)
-        if torch.is_grad_enabled():
-            return DacSTE.apply(x, r, float(_levels(dac.bits))), 1.0, r
         n = _levels(dac.bits)
+        if torch.is_grad_enabled():
+            return DacSTE.apply(x, r, float(n)), 1.0 / n, r
         return (x * (n / r)).round_().clamp_(-n, n), 1.0 / n, r
 
     def _weight_view(self):
@@ -240,22 +240,24 @@ class AnalogLinear(nn.Linear):
         x2 = x.reshape(-1, self.in_features)
         xd, unit, r = self._dac(x2)
         wn, scale = self._weight_view()
+        adc = self.config.adc
+        fused = torch.is_grad_enabled() and adc.bits is not None and not torch.is_tensor(unit)
+        if fused:  # GEMM straight into ADC code units: the scalar goes onto the (small) weights
+            code = _levels(adc.bits) / adc.bound
+            wn = wn * (unit * code)
         if len(self.row_sizes) == 1:
             ys = [torch.matmul(xd, wn[0])]
         else:  # one plain GEMM per row tile on its slice of the inputs
             ys = [torch.mm(xt, wn[k] if size == wn.shape[1] else wn[k, :size])
                   for k, (xt, size) in enumerate(zip(torch.split(xd, self.row_sizes, dim=1),
                                                      self.row_sizes))]
-        adc = self.config.adc
-        if torch.is_grad_enabled() and adc.bits is not None and not torch.is_tensor(unit):
-            # fused noise + ADC + gain + partial sums + bias (one autograd node, one mask per tile)
+        if fused:
+            # noise + ADC + gain + partial sums + bias as one autograd node (one mask per tile)
             noise = (self._output_noise((len(ys),) + ys[0].shape, ys[0].dtype, ys[0].device)
                      if adc.output_noise_std is not None else None)
-            gain = scale.unsqueeze(1) * (r * unit)
-            if unit != 1.0:
-                ys = [y * unit for y in ys]
-            out = ReadoutSTE.apply(gain, self.bias, noise, float(adc.output_noise_std or 0.0),
-                                   float(_levels(adc.bits)), float(adc.bound), *ys)
+            gain = scale.unsqueeze(1) * (r / code)  # ADC codes -> output units
+            out = ReadoutSTE.apply(gain, self.bias, noise, float((adc.output_noise_std or 0.0) * code),
+                                   float(_levels(adc.bits)), *ys)
             return out.reshape(*shape[:-1], self.out_features)
         y = torch.stack(ys)
         y, unit = self._adc(y, unit)
