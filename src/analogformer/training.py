@@ -17,7 +17,8 @@ in PACT), output noise and ADC. This module adds the weight-noise hook
 (`AnalogLinear.weight_noise`), clipping after each optimizer step, range initialisation
 from data and optimizer parameter groups. All noise is additive and detached, so the
 gradient reaches the weights straight through; it is drawn from the global torch RNG and
-resampled on every forward.
+resampled on every forward (the ADC output noise as a window at a fresh random offset of a
+shared pool, `HWAConfig.output_noise_pool`).
 """
 from __future__ import annotations
 
