@@ -4,6 +4,7 @@ import json
 import random
 
 import pytest
+import torch
 import yaml
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
@@ -260,6 +261,15 @@ def test_hwa_and_int6_attention_conditions_in_study(setup):
     sd = load_file(str(out / "checkpoints" / "sst2" / "hwa" / "model.safetensors"))
     w = sd["bert.encoder.layer.0.intermediate.dense.weight"]
     assert w.abs().max() <= 2.5 * w.std() * 1.05
+    # resume that redoes only the INT6 group, with the global RNG elsewhere (as in a fresh
+    # process): the attention and DAC calibration are seeded per group -> identical records
+    int6 = sorted(json.dumps(r, sort_keys=True) for r in recs if r["condition"] == "hwa-int6")
+    lines = [l for l in (out / "results.jsonl").read_text().splitlines() if '"hwa-int6"' not in l]
+    (out / "results.jsonl").write_text("\n".join(lines) + "\n")
+    torch.manual_seed(987)
+    torch.randn(1000)
+    assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
+    assert sorted(json.dumps(r, sort_keys=True) for r in _records(out) if r["condition"] == "hwa-int6") == int6
 
 
 def test_evaluate_and_prune_commands_on_a_saved_checkpoint(setup, tmp_path, capsys):

@@ -235,12 +235,18 @@ def run_time_sweep(models: Dict[str, nn.Module], task: str, conditions: Sequence
         acfg.pcm.gamma = gamma
         model = analogize(copy.deepcopy(models[model_name]), acfg).eval()
         fixed = (input_ranges or {}).get(model_name)
-        if fixed:
-            set_input_ranges(model, fixed)
-        elif calib_batches:
-            calibrate_input_ranges(model, calib_batches, percentile=cfg.calibration_percentile)
-        if prepare is not None:
-            prepare(model, conds[0])
+        # calibration forwards run the unprogrammed analog model, whose output noise comes
+        # from the global RNG: seed it per group (and restore it after), so that a resumed
+        # sweep in a fresh process calibrates exactly as the first run did
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_seed(cfg.seed, 7919, int(gamma * 1000), attn_bits or 0,
+                                    sum(map(ord, model_name))))
+            if fixed:
+                set_input_ranges(model, fixed)
+            elif calib_batches:
+                calibrate_input_ranges(model, calib_batches, percentile=cfg.calibration_percentile)
+            if prepare is not None:
+                prepare(model, conds[0])
         for r in sorted({p[0] for p in pending}):
             with torch.no_grad():
                 program(model, seed=_seed(cfg.seed, r))
