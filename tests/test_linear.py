@@ -297,7 +297,7 @@ def test_fused_inference_path_matches_generic_pipeline(rows):
 @pytest.mark.parametrize("rows", [512, 40])
 def test_fused_path_in_row_chunks_equals_one_block(rows, monkeypatch):
     """Long inputs go through the fused path in blocks of rows: same outputs, exactly."""
-    import analogformer.nn.linear as lin_mod
+    import analogformer.nn.fused as lin_mod
     cfg = af.AnalogConfig(adc=ADCConfig(output_noise_std=None), tile=TileConfig(rows=rows, cols=32))
     layer, _ = _layer(cfg, 100, 70)
     layer.input_range.data.fill_(3.0)
