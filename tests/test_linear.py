@@ -397,7 +397,9 @@ def test_fused_training_kernels_match_composed_ste(rows, scaling):
     wt = layer._to_tiles(layer.weight)
     from analogformer.device.conductance import weight_scales
     scale = weight_scales(wt, layer.col_sizes, False)
-    y = torch.bmm(layer._rows_to_tiles(xd), wt / scale.unsqueeze(1))
+    wn = wt / scale.unsqueeze(1)
+    y = torch.stack([xt @ wn[k, :xt.shape[1]]  # each row tile's slice of the inputs
+                     for k, xt in enumerate(torch.split(xd, layer.row_sizes, dim=1))])
     ref = (adc_quantize(y, 10, 10.0) * (scale.unsqueeze(1) * r)).sum(0) + layer.bias
     rx, rw, rr = torch.autograd.grad(ref, [x, layer.weight, layer.input_range], g, allow_unused=True)
     assert torch.allclose(out, ref, atol=1e-5)

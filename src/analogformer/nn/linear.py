@@ -131,12 +131,6 @@ class AnalogLinear(FusedInference, nn.Linear):
             wt = torch.cat([wt, wt.new_zeros(1, wt.shape[1])]).index_select(0, self._pad_index)
         return wt.reshape(len(self.row_sizes), self.tile_rows, self.out_features)
 
-    def _rows_to_tiles(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, in) inputs -> (K, N, R)."""
-        if self._pad_index is not None:
-            x = torch.cat([x, x.new_zeros(x.shape[0], 1)], dim=1).index_select(1, self._pad_index)
-        return x.view(x.shape[0], len(self.row_sizes), self.tile_rows).transpose(0, 1)
-
     def _valid_rows(self) -> torch.Tensor:
         """(K, R, 1) mask of real (non-padding) rows."""
         m = torch.zeros(len(self.row_sizes), self.tile_rows, 1, device=self.weight.device)
