@@ -123,6 +123,11 @@ def test_output_dir_of_an_older_version_is_resumable(tmp_path):
     assert "times_per_condition" in (tmp_path / "config.yaml").read_text()
     with pytest.raises(ValueError, match=r"sweep.repeats"):
         check_output_dir(tmp_path, load_study_config(None, ["tasks=[sst2]", "sweep.repeats=3"]))
+    old = yaml.safe_load(dump_study_config(cfg))
+    old["sweep"]["gone_option"] = 1  # a key the new version no longer has is a change
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    with pytest.raises(ValueError, match=r"sweep.gone_option: removed"):
+        check_output_dir(tmp_path, cfg)
 
 
 def test_pruning_step_in_study(setup):

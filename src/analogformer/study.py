@@ -40,7 +40,7 @@ def _config_changes(old, new, prefix: str = "") -> List[str]:
     for k in new:
         if k in old:
             out += _config_changes(old[k], new[k], f"{prefix}.{k}" if prefix else str(k))
-    out += [f"{prefix}.{k}" if prefix else str(k) + ": removed" for k in old if k not in new]
+    out += [(f"{prefix}.{k}" if prefix else str(k)) + ": removed" for k in old if k not in new]
     return out
 
 

@@ -83,9 +83,11 @@ def adc_quantize(y: torch.Tensor, bits: int, bound: float) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- fused training kernels
-# The same straight-through semantics as `dac_normalize` / `adc_quantize`, written as
-# autograd Functions that keep one boolean mask instead of the half-dozen full-size
-# temporaries the composed version leaves for backward (HWA training speed).
+# The same straight-through semantics as `dac_normalize` / `adc_quantize` (kept as the
+# composed reference the tests compare against), written as autograd Functions that keep
+# one boolean mask instead of the half-dozen full-size temporaries the composed version
+# leaves for backward, and that work in DAC / ADC code units so no pass rescales the
+# activations (HWA training speed).
 
 def _sum_to(t: torch.Tensor, shape) -> torch.Tensor:
     dims = [d for d, (a, b) in enumerate(zip(t.shape, shape)) if b == 1 and a != 1]

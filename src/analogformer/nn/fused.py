@@ -46,10 +46,7 @@ class FusedInference:
         gain = scale * (r / code)  # (K, out): codes -> output units (w_max, r, compensation)
         noise = c.adc.output_noise_std * code if c.adc.output_noise_std is not None else None
         n_adc = _levels(c.adc.bits) if c.adc.bits is not None else None
-        tiles, start = [], 0  # (first input, last input + 1, weights) of each row tile
-        for t, size in enumerate(self.row_sizes):
-            tiles.append((start, start + size, wn[t] if size == wn.shape[1] else wn[t, :size]))
-            start += size
+        tiles = self._row_tiles(wn)
         dac_scale = None if n_dac is None or c.dac.input_scaling == "absmax" else n_dac / r
         chunk = max(64, _CHUNK_ELEMENTS // max(self.out_features, self.in_features))
         self._fast = (key, r, n_dac, dac_scale, alpha, noise, n_adc, tiles, gain, chunk)

@@ -131,6 +131,15 @@ class AnalogLinear(FusedInference, nn.Linear):
             wt = torch.cat([wt, wt.new_zeros(1, wt.shape[1])]).index_select(0, self._pad_index)
         return wt.reshape(len(self.row_sizes), self.tile_rows, self.out_features)
 
+    def _row_tiles(self, wn: torch.Tensor):
+        """[(first input, last input + 1, weights (rows, out))] of each row tile of the tiled
+        weights wn (K, R, out), without the padding rows of short tiles."""
+        tiles, start = [], 0
+        for k, size in enumerate(self.row_sizes):
+            tiles.append((start, start + size, wn[k] if size == wn.shape[1] else wn[k, :size]))
+            start += size
+        return tiles
+
     def _valid_rows(self) -> torch.Tensor:
         """(K, R, 1) mask of real (non-padding) rows."""
         m = torch.zeros(len(self.row_sizes), self.tile_rows, 1, device=self.weight.device)
@@ -232,10 +241,9 @@ class AnalogLinear(FusedInference, nn.Linear):
             wn = wn * (unit * code)
         if len(self.row_sizes) == 1:
             ys = [torch.matmul(xd, wn[0])]
-        else:  # one plain GEMM per row tile on its slice of the inputs
-            ys = [torch.mm(xt, wn[k] if size == wn.shape[1] else wn[k, :size])
-                  for k, (xt, size) in enumerate(zip(torch.split(xd, self.row_sizes, dim=1),
-                                                     self.row_sizes))]
+        else:  # one plain GEMM per row tile on its slice of the inputs (split: one cat backward)
+            ys = [torch.mm(xt, w) for xt, (_, _, w) in
+                  zip(torch.split(xd, self.row_sizes, dim=1), self._row_tiles(wn))]
         if fused:
             # noise + ADC + gain + partial sums + bias as one autograd node (one mask per tile)
             noise = (self._output_noise((len(ys),) + ys[0].shape, ys[0].dtype, ys[0].device)
