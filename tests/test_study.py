@@ -135,7 +135,8 @@ def test_pruning_step_in_study(setup):
     cfg_path = _config(root, glue, model_dir, tasks=["sst2"], conditions=["digital", "pruned"],
                        pruning={"prune": {"criterion": "mac", "structure": "rows", "blocks": ["fc2"],
                                           "ratio": 0.25},
-                                "calibration_batches": 2, "retrain": {"epochs": 1}})
+                                # retrained with the dense model as distillation teacher
+                                "calibration_batches": 2, "retrain": {"epochs": 1, "distill_weight": 0.5}})
     out = root / "out_prune"
     assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
     recs = _records(out)
@@ -250,7 +251,7 @@ def test_hwa_and_int6_attention_conditions_in_study(setup):
     root, glue, model_dir = setup
     cfg_path = _config(root, glue, model_dir, tasks=["sst2"],
                        conditions=["digital", "hwa-digital", "hwa", "hwa-int6"],
-                       hwa={"finetune": {"epochs": 2}, "recipe": {"weight_noise": "pcm", "clip": "sigma",
+                       hwa={"finetune": {"epochs": 2, "distill_weight": 0.5}, "recipe": {"weight_noise": "pcm", "clip": "sigma",
                                                                    "clip_sigma": 2.5, "input_range_batches": 2}},
                        sweep={"times_seconds": [2592000], "repeats": 2, "calibration_batches": 2,
                               "eval_batch_size": 8})

@@ -4,6 +4,8 @@
 ``model.parameters()`` and ``model(**batch).loss``, so models whose ``nn.Linear`` layers
 were replaced by subclasses with extra Parameters (AnalogLinear) train unchanged, and an
 ``after_step(model)`` hook runs after every optimizer step (weight clipping, pruning masks).
+With ``distill_weight > 0`` a frozen ``teacher`` (e.g. the digital model before HWA
+fine-tuning, or the dense model before pruning) adds a knowledge-distillation term.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from tqdm.auto import tqdm
 from .tasks.glue import get_task
 from .tasks.metrics import compute_metrics, predictions_from_logits
 
-__all__ = ["FinetuneConfig", "FinetuneHistory", "default_model_path", "load_model_and_tokenizer",
+__all__ = ["FinetuneConfig", "FinetuneHistory", "distillation_loss", "default_model_path", "load_model_and_tokenizer",
            "finetune", "predict", "evaluate", "save_checkpoint", "load_checkpoint"]
 
 
@@ -74,6 +76,11 @@ class FinetuneConfig:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     max_steps: int | None = None  # stop after this many optimizer steps (caps `epochs`)
+    # Knowledge distillation from a teacher passed to `finetune(teacher=)`: the loss is
+    # (1 - w) * task loss + w * T^2 * KL(teacher_T || student_T) (MSE to the teacher's
+    # output for regression tasks). 0 = off.
+    distill_weight: float = 0.0
+    distill_temperature: float = 2.0
 
     def __post_init__(self):
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
@@ -89,6 +96,12 @@ class FinetuneConfig:
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0 or None (no clipping), "
                              f"got {self.max_grad_norm}")
+        if not 0 <= self.distill_weight <= 1:
+            raise ValueError(f"distill_weight must be in [0, 1] (0 = no distillation), "
+                             f"got {self.distill_weight}")
+        if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
+            raise ValueError(f"distill_temperature must be a finite number > 0, "
+                             f"got {self.distill_temperature}")
         for name in ("max_train_examples", "max_eval_examples", "max_steps"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -130,18 +143,39 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                      temperature: float) -> torch.Tensor:
+    """Hinton et al.'s soft-target loss ``T^2 * KL(softmax(t/T) || softmax(s/T))`` (batch
+    mean); for one-output (regression) heads the mean squared difference to the teacher."""
+    teacher_logits = teacher_logits.detach().to(student_logits.dtype)
+    if student_logits.shape[-1] == 1:
+        return torch.nn.functional.mse_loss(student_logits, teacher_logits)
+    t = temperature
+    return torch.nn.functional.kl_div(torch.log_softmax(student_logits / t, dim=-1),
+                                      torch.log_softmax(teacher_logits / t, dim=-1),
+                                      reduction="batchmean", log_target=True) * t * t
+
+
 def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
              cfg: FinetuneConfig, after_step: Callable[[nn.Module], None] | None = None,
              progress: bool = True,
-             extra_loss: Callable[[nn.Module], torch.Tensor] | None = None) -> FinetuneHistory:
+             extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
+             teacher: nn.Module | None = None) -> FinetuneHistory:
     """Train ``model`` in place on ``train_loader`` batches; returns the loss history.
 
     ``cfg.seed`` seeds torch's RNG (dropout); the batch order comes from the loader's own
     generator (``make_loader(..., seed=)``). ``cfg.batch_size`` and the example caps are
     for whoever builds the loader; here only the optimisation fields are used. The model
     is left in eval mode. ``extra_loss(model)`` is added to the task loss every step
-    (e.g. the ADMM penalty of ``pruning.ADMMPruner``).
+    (e.g. the ADMM penalty of ``pruning.ADMMPruner``). ``teacher`` (frozen, run in eval mode
+    without gradients) is required when ``cfg.distill_weight > 0`` and unused otherwise.
     """
+    distill = cfg.distill_weight > 0
+    if distill and teacher is None:
+        raise ValueError(f"distill_weight={cfg.distill_weight} needs a teacher model: pass "
+                         "finetune(..., teacher=model) or set distill_weight: 0")
+    if distill:
+        teacher.eval()
     torch.manual_seed(cfg.seed)
     steps_per_epoch = len(train_loader)
     total = cfg.epochs * steps_per_epoch
@@ -156,7 +190,14 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
     bar = tqdm(total=total, desc="fine-tune", disable=not progress, leave=False)
     while history.steps < total:
         for batch in train_loader:
-            loss = model(**_to(batch, device)).loss
+            batch = _to(batch, device)
+            output = model(**batch)
+            loss = output.loss
+            if distill:
+                with torch.no_grad():
+                    target = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
+                soft = distillation_loss(output.logits, target, cfg.distill_temperature)
+                loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * soft
             if extra_loss is not None:
                 loss = loss + extra_loss(model)
             optimizer.zero_grad(set_to_none=True)

@@ -131,10 +131,13 @@ def _hwa_model(cfg: StudyConfig, data: TaskData, base: nn.Module, digital: nn.Mo
     analogize(model, copy.deepcopy(cfg.analog))
     prepare_hwa(model, h.recipe, calib_batches=data.calib)
     _log(f"{data.task}: HWA fine-tuning ({fcfg.epochs} epoch(s), lr {fcfg.learning_rate:g}, "
-         f"noise {h.recipe.weight_noise} x{h.recipe.weight_noise_scale})")
+         f"noise {h.recipe.weight_noise} x{h.recipe.weight_noise_scale}"
+         + (f", distilled from the digital model w={fcfg.distill_weight:g}" if fcfg.distill_weight > 0 else "")
+         + ")")
     t = time.time()
     hist = finetune(model, data.train_loader(fcfg.batch_size, fcfg.seed + 7), fcfg,
-                    after_step=hwa_after_step(h.recipe), progress=progress)
+                    after_step=hwa_after_step(h.recipe), progress=progress,
+                    teacher=digital if fcfg.distill_weight > 0 else None)
     remove_hwa(model)
     ranges = {name: float(layer.input_range.detach()) for name, layer in analog_layers(model)}
     save_checkpoint(model, tok, path)

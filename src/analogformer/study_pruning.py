@@ -110,11 +110,12 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
     model = copy.deepcopy(source).eval()
     dense = record("prune:dense", "dense", model, 0.0)
     fcfg = cfg.finetune_for(data.task, p.retrain)
+    teacher = source if fcfg.distill_weight > 0 else None  # the dense model distils into the pruned one
     if pc.admm_rho is not None:
         _log(f"{data.task}: {label} ratio {ratio:.3f}: ADMM phase (rho {pc.admm_rho:g})")
         admm = ADMMPruner(model, pc, stats)
         finetune(model, data.train_loader(fcfg.batch_size, fcfg.seed + 11), fcfg,
-                 after_step=admm.step, extra_loss=admm.penalty, progress=progress)
+                 after_step=admm.step, extra_loss=admm.penalty, progress=progress, teacher=teacher)
         masks = admm.finalize(model)
     else:
         masks = prune(model, pc, stats)
@@ -123,7 +124,7 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
          f"{100 * dense:.2f} -> {100 * after_prune:.2f}; retraining {fcfg.epochs} epoch(s)")
     masks.register_gradient_hooks(model)
     finetune(model, data.train_loader(fcfg.batch_size, fcfg.seed + 13), fcfg,
-             after_step=masks.after_step, progress=progress)
+             after_step=masks.after_step, progress=progress, teacher=teacher)
     masks.remove_hooks()
     retrained = record(f"prune-{label}:retrained", "retrained", model, ratio)
     _log(f"{data.task}: {label} ratio {ratio:.3f} after retraining {100 * retrained:.2f}")
