@@ -110,6 +110,30 @@ def test_rerun_with_different_config_is_refused(setup, capsys):
     assert "different config" in capsys.readouterr().err
 
 
+def test_a_study_can_be_extended_and_gives_the_records_of_a_fresh_run(setup):
+    """Adding tasks, conditions, time points and repeats to a finished study computes only
+    what is missing, and the result equals a study run with the larger config from scratch."""
+    root, glue, model_dir = setup
+    small = dict(tasks=["sst2"], conditions=["digital", "analog"],
+                 sweep={"times_seconds": [2592000], "repeats": 1, "calibration_batches": 2,
+                        "eval_batch_size": 8})
+    big = dict(tasks=["sst2", "mrpc"], conditions=["digital", "analog", "analog-gamma0.5"],
+               sweep={"times_seconds": [1, 2592000], "repeats": 2, "calibration_batches": 2,
+                      "eval_batch_size": 8})
+    out, fresh = root / "out_extend", root / "out_extend_fresh"
+    assert main(["study", str(_config(root, glue, model_dir, **small)), "--out", str(out), "--no-progress"]) == 0
+    first = _records(out)
+    assert main(["study", str(_config(root, glue, model_dir, **big)), "--out", str(out), "--no-progress"]) == 0
+    assert main(["study", str(_config(root, glue, model_dir, **big)), "--out", str(fresh), "--no-progress"]) == 0
+    extended = _records(out)
+    assert extended[:len(first)] == first and len(extended) == 2 * (1 + 2 * 2 * 2)
+    canon = lambda recs: sorted(json.dumps(r, sort_keys=True) for r in recs)
+    assert canon(extended) == canon(_records(fresh))
+    # shrinking is a change: the report would silently mix two studies
+    shrunk = dict(big, sweep=dict(big["sweep"], repeats=1))
+    assert main(["study", str(_config(root, glue, model_dir, **shrunk)), "--out", str(out), "--no-progress"]) == 2
+
+
 def test_output_dir_of_an_older_version_is_resumable(tmp_path):
     """A config.yaml written before an option existed (key absent) still matches; a
     changed value does not."""

@@ -31,11 +31,26 @@ def _log(msg: str) -> None:
     print(f"[analogformer {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+# What a resumed study may add to: records are keyed and seeded one by one (task,
+# condition, time, repeat), so new tasks / conditions / time points / repeats are computed
+# and everything already recorded stays valid.
+_EXTENDABLE = ("tasks", "conditions", "sweep.times_seconds", "sweep.repeats")
+
+
+def _extends(key: str, old, new) -> bool:
+    if key not in _EXTENDABLE:
+        return False
+    if isinstance(old, list) and isinstance(new, list):
+        return all(v in new for v in old)
+    return type(old) is int and type(new) is int and new >= old
+
+
 def _config_changes(old, new, prefix: str = "") -> List[str]:
     """Keys whose values differ between two config dicts. Keys the old dict lacks are
-    options added by a newer analogformer (at their defaults): not a change."""
+    options added by a newer analogformer (at their defaults), and lists that only grow
+    (`_EXTENDABLE`): not a change."""
     if not isinstance(old, dict) or not isinstance(new, dict):
-        return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+        return [] if old == new or _extends(prefix, old, new) else [f"{prefix}: {old!r} -> {new!r}"]
     out = []
     for k in new:
         if k in old:
@@ -56,7 +71,7 @@ def check_output_dir(out: Path, cfg: StudyConfig) -> None:
         if changes:
             raise ValueError(f"{out} holds a study run with a different config (changed: "
                              f"{changes[:5]}); choose another --out folder, or delete the folder "
-                             "to start over")
+                             f"to start over (a study may only add to {', '.join(_EXTENDABLE)})")
     path.write_text(text)
 
 
