@@ -243,6 +243,7 @@ def test_config_round_trip_yaml():
     ("tasks=[wnli]", r"StudyConfig\.tasks"),
     ("conditions=[analog, magic]", r"unknown condition 'magic'; allowed"),
     ("conditions=[hwa]", r"needs an `hwa:` section"),
+    ("best_of=0", r"best_of"),
     ("finetune.learning_rate=-1", r"learning_rate"),
     ("finetune_per_task={sst2: {epochz: 1}}", r"finetune_per_task\.sst2: unknown key"),
     ("analog.tile.split_policy=random", r"split_policy: must be one of \['balanced', 'fill_first'\]"),
@@ -300,6 +301,36 @@ def test_hwa_and_int6_attention_conditions_in_study(setup):
     torch.randn(1000)
     assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
     assert sorted(json.dumps(r, sort_keys=True) for r in _records(out) if r["condition"] == "hwa-int6") == int6
+
+
+def test_best_of_seeds_keeps_the_best_candidate(setup):
+    """best_of: 2 trains two digital and two HWA candidates (seeds +0, +1) and keeps the one
+    with the best dev score (HWA: on tiles); candidate 0 is the best_of: 1 model."""
+    root, glue, model_dir = setup
+    common = dict(tasks=["sst2"], conditions=["digital", "hwa"],
+                  finetune={"epochs": 2, "batch_size": 16, "learning_rate": 5e-3},
+                  hwa={"finetune": {"epochs": 1}, "recipe": {"input_range_batches": 2}},
+                  sweep={"times_seconds": [86400], "repeats": 1, "calibration_batches": 2,
+                         "eval_batch_size": 8})
+    out = root / "out_best_of"
+    assert main(["study", str(_config(root, glue, model_dir, best_of=2, **common)), "--out", str(out),
+                 "--no-progress"]) == 0
+    recs = _records(out)
+    for step in ("digital", "hwa"):
+        cands = json.loads((out / "checkpoints" / "sst2" / step / "candidates.json").read_text())
+        scores = [c["dev_score"] for c in cands["candidates"]]
+        assert [c["seed_offset"] for c in cands["candidates"]] == [0, 1]
+        assert scores[cands["chosen"]] == max(scores) and cands["chosen"] == scores.index(max(scores))
+    digital = next(r for r in recs if r["condition"] == "digital")
+    assert digital["headline"] == max(c["dev_score"] for c in json.loads(
+        (out / "checkpoints" / "sst2" / "digital" / "candidates.json").read_text())["candidates"])
+    single = root / "out_best_of_1"
+    assert main(["study", str(_config(root, glue, model_dir, **common)), "--out", str(single),
+                 "--no-progress"]) == 0
+    first = json.loads((out / "checkpoints" / "sst2" / "digital" / "candidates.json").read_text())
+    assert next(r for r in _records(single) if r["condition"] == "digital")["headline"] == \
+        first["candidates"][0]["dev_score"]
+    assert not (single / "checkpoints" / "sst2" / "digital" / "candidates.json").exists()
 
 
 def test_evaluate_and_prune_commands_on_a_saved_checkpoint(setup, tmp_path, capsys):

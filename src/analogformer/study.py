@@ -1,7 +1,8 @@
 """The pipeline a study YAML describes.
 
 Per task: load data (tokenized once) → fine-tune digitally (or reuse the checkpoint) →
-optionally HWA fine-tune and prune + retrain (checkpoints reused) → evaluate every
+optionally HWA fine-tune (both in `study_finetune`, best of `best_of` seeds) and prune +
+retrain (`study_pruning`; checkpoints reused) → evaluate every
 condition over time with repeats (records appended as produced) → report. Re-running the
 same command on the same output folder continues where it stopped.
 """
@@ -19,9 +20,9 @@ import torch
 from torch import nn
 
 from .config import to_dict
-from .finetune import (default_model_path, evaluate, finetune, load_model_and_tokenizer,
-                       save_checkpoint)
+from .finetune import default_model_path, evaluate, load_model_and_tokenizer
 from .study_config import StudyConfig, dump_study_config
+from .study_finetune import digital_model, hwa_model
 from .sweep import CONDITIONS, Condition, RecordLog, run_time_sweep
 from .tasks import encode_examples, load_glue_examples, make_loader, resolve_task
 from .tasks.metrics import headline_value
@@ -109,58 +110,6 @@ class TaskData:
         return make_loader(self.train, batch_size, shuffle=True, seed=seed)
 
 
-def _load_checkpoint(path: Path):
-    from transformers import AutoModelForSequenceClassification
-    return AutoModelForSequenceClassification.from_pretrained(path).eval()
-
-
-def _digital_model(cfg: StudyConfig, data: TaskData, base: nn.Module, tok, out: Path, progress: bool):
-    path = out / "checkpoints" / data.task / "digital"
-    if (path / "model.safetensors").exists():
-        _log(f"{data.task}: reusing digital checkpoint {path}")
-        return _load_checkpoint(path)
-    fcfg = cfg.finetune_for(data.task)
-    _log(f"{data.task}: digital fine-tuning ({len(data.train)} examples, {fcfg.epochs} epoch(s), lr {fcfg.learning_rate:g})")
-    model = copy.deepcopy(base)
-    t = time.time()
-    hist = finetune(model, data.train_loader(fcfg.batch_size, fcfg.seed), fcfg, progress=progress)
-    save_checkpoint(model, tok, path)
-    (path / "history.json").write_text(json.dumps({"losses": hist.losses, "seconds": time.time() - t}))
-    return model.eval()
-
-
-def _hwa_model(cfg: StudyConfig, data: TaskData, base: nn.Module, digital: nn.Module, tok,
-               out: Path, progress: bool):
-    """HWA fine-tune; returns (plain HF model with the trained weights, input ranges)."""
-    from .nn.convert import analog_layers, analogize
-    from .training import hwa_after_step, prepare_hwa, remove_hwa
-
-    path = out / "checkpoints" / data.task / "hwa"
-    ranges_path = path / "input_ranges.json"
-    if (path / "model.safetensors").exists() and ranges_path.exists():
-        _log(f"{data.task}: reusing HWA checkpoint {path}")
-        return _load_checkpoint(path), json.loads(ranges_path.read_text())
-    h = cfg.hwa
-    fcfg = cfg.finetune_for(data.task, h.finetune)
-    model = copy.deepcopy(digital if h.init_from == "digital" else base)
-    analogize(model, copy.deepcopy(cfg.analog))
-    prepare_hwa(model, h.recipe, calib_batches=data.calib)
-    _log(f"{data.task}: HWA fine-tuning ({fcfg.epochs} epoch(s), lr {fcfg.learning_rate:g}, "
-         f"noise {h.recipe.weight_noise} x{h.recipe.weight_noise_scale}"
-         + (f", distilled from the digital model w={fcfg.distill_weight:g}" if fcfg.distill_weight > 0 else "")
-         + ")")
-    t = time.time()
-    hist = finetune(model, data.train_loader(fcfg.batch_size, fcfg.seed + 7), fcfg,
-                    after_step=hwa_after_step(h.recipe), progress=progress,
-                    teacher=digital if fcfg.distill_weight > 0 else None)
-    remove_hwa(model)
-    ranges = {name: float(layer.input_range.detach()) for name, layer in analog_layers(model)}
-    save_checkpoint(model, tok, path)
-    ranges_path.write_text(json.dumps(ranges, indent=1))
-    (path / "history.json").write_text(json.dumps({"losses": hist.losses, "seconds": time.time() - t}))
-    return _load_checkpoint(path), ranges
-
-
 def _attention_prepare(cfg: StudyConfig, calib: List[dict]):
     from .nn.attention import AttentionQuantConfig, calibrate_attention, quantize_attention
 
@@ -228,10 +177,10 @@ def run_study(cfg: StudyConfig, out_dir: Optional[str] = None, progress: bool = 
         data = TaskData(cfg, task, tok)
         if i == 0 and not (out / "tiles.md").exists():
             write_hardware_summaries(cfg, base, out)
-        models = {"digital": _digital_model(cfg, data, base, tok, out, progress)}
+        models = {"digital": digital_model(cfg, data, base, tok, out, progress)}
         ranges: Dict[str, Dict[str, float]] = {}
         if "hwa" in needed:
-            models["hwa"], ranges["hwa"] = _hwa_model(cfg, data, base, models["digital"], tok, out, progress)
+            models["hwa"], ranges["hwa"] = hwa_model(cfg, data, base, models["digital"], tok, out, progress)
         if cfg.pruning is not None:
             from .study_pruning import pruned_models
             models.update(pruned_models(cfg, data, models, tok, out, progress, log))

@@ -146,9 +146,14 @@ class StudyConfig:
     pruning: Optional[PruneStudyConfig] = None
     sweep: SweepConfig = field(default_factory=SweepConfig)
     conditions: Tuple[str, ...] = ("digital", "analog-nocomp", "analog", "analog-gamma0.5")
+    # fine-tune this many seeds per task (digital, and HWA) and keep the best on the dev
+    # set; seed 001 picks the best of 5 (SPEC §4.1). HWA candidates are ranked on tiles.
+    best_of: int = 1
 
     def __post_init__(self):
         from .tasks import resolve_task
+
+        _check_positive(self, "best_of", integer=True)
 
         if isinstance(self.tasks, str) or not self.tasks:
             _fail("StudyConfig", "tasks", "must be a non-empty list of GLUE task names")

@@ -1,0 +1,153 @@
+"""The fine-tuning steps of a study: the digital model and the HWA model of a task.
+
+Each step trains `best_of` candidates that differ only in their seed (dropout, batch
+order) and keeps the best on the task's dev set — seed 001 picks the best of 5 training
+seeds per task (SPEC §4.1). Digital candidates are ranked by their digital dev metric;
+HWA candidates by their dev metric on tiles (compensated, at the sweep's last time point,
+mean of `SELECT_REPEATS` device instances drawn apart from the sweep's). Candidate 0 is
+the single run of `best_of: 1`, so studies without `best_of` are unchanged. The chosen
+model is saved as the step's checkpoint (reused on re-runs), with `candidates.json`
+listing every candidate's seed and score.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Dict, Tuple
+
+from torch import nn
+
+from .finetune import FinetuneConfig, evaluate, finetune, save_checkpoint
+from .tasks.metrics import headline_value
+
+SELECT_REPEATS = 2  # device instances per HWA candidate when ranking on tiles
+_SELECT_SEED = 7_777_777  # program seeds of the ranking, apart from the sweep's
+
+
+def _log(msg: str) -> None:
+    print(f"[analogformer {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def load_checkpoint_eval(path: Path) -> nn.Module:
+    from transformers import AutoModelForSequenceClassification
+    return AutoModelForSequenceClassification.from_pretrained(path).eval()
+
+
+def dev_headline(data, model: nn.Module) -> float:
+    """Headline metric of `model` (digital) on the task's first eval split."""
+    key, batches = next(iter(data.evals.items()))
+    return headline_value(key, evaluate(model, batches, key))
+
+
+def analog_dev_headline(cfg, data, model: nn.Module, ranges: Dict[str, float]) -> float:
+    """Mean dev headline of `model` on tiles (its DAC ranges `ranges`), compensated, at the
+    sweep's last time point, over `SELECT_REPEATS` device instances."""
+    from .inference import drift, program
+    from .nn.convert import analogize
+    from .sweep import set_input_ranges
+
+    analog = analogize(copy.deepcopy(model), copy.deepcopy(cfg.analog))
+    set_input_ranges(analog, ranges)
+    t = max(cfg.sweep.times_seconds)
+    scores = []
+    for r in range(SELECT_REPEATS):
+        program(analog, seed=_SELECT_SEED + r)
+        drift(analog, t)
+        scores.append(dev_headline(data, analog))
+    return sum(scores) / len(scores)
+
+
+def _best_of(cfg, data, what: str, train: Callable[[int], Tuple[nn.Module, dict, float]]):
+    """Train `cfg.best_of` candidates with `train(k) -> (model, extra, dev score)` (candidate
+    k: fine-tuning seed + k); keep the best. Returns (model, extra, {"chosen", "candidates"})."""
+    best, rows = None, []
+    for k in range(cfg.best_of):
+        model, extra, score = train(k)
+        rows.append({"candidate": k, "seed_offset": k, "dev_score": score,
+                     "train_seconds": round(extra["history"]["seconds"], 1)})
+        if cfg.best_of > 1:
+            _log(f"{data.task}: {what} candidate {k + 1}/{cfg.best_of}: dev {100 * score:.2f}")
+        if best is None or score > best[2]:
+            best = (model, extra, score, k)
+    model, extra, score, k = best
+    if cfg.best_of > 1:
+        _log(f"{data.task}: keeping {what} candidate {k + 1} (dev {100 * score:.2f})")
+    return model, extra, {"chosen": k, "candidates": rows}
+
+
+def digital_model(cfg, data, base: nn.Module, tok, out: Path, progress: bool) -> nn.Module:
+    path = out / "checkpoints" / data.task / "digital"
+    if (path / "model.safetensors").exists():
+        _log(f"{data.task}: reusing digital checkpoint {path}")
+        return load_checkpoint_eval(path)
+    fcfg = cfg.finetune_for(data.task)
+    _log(f"{data.task}: digital fine-tuning ({len(data.train)} examples, {fcfg.epochs} epoch(s), "
+         f"lr {fcfg.learning_rate:g}" + (f", best of {cfg.best_of} seeds" if cfg.best_of > 1 else "") + ")")
+
+    def train(k: int):
+        fk: FinetuneConfig = replace(fcfg, seed=fcfg.seed + k)
+        model, t = copy.deepcopy(base), time.time()
+        hist = finetune(model, data.train_loader(fk.batch_size, fk.seed), fk, progress=progress)
+        score = dev_headline(data, model) if cfg.best_of > 1 else float("nan")
+        return model, {"history": {"losses": hist.losses, "seconds": time.time() - t}}, score
+
+    model, extra, cands = _best_of(cfg, data, "digital", train)
+    save_checkpoint(model, tok, path)
+    (path / "history.json").write_text(json.dumps(extra["history"]))
+    if cfg.best_of > 1:
+        (path / "candidates.json").write_text(json.dumps(cands, indent=1))
+    return model.eval()
+
+
+def hwa_model(cfg, data, base: nn.Module, digital: nn.Module, tok, out: Path, progress: bool):
+    """HWA fine-tune; returns (plain HF model with the trained weights, input ranges)."""
+    from .nn.convert import analog_layers, analogize
+    from .training import hwa_after_step, prepare_hwa, remove_hwa
+
+    path = out / "checkpoints" / data.task / "hwa"
+    ranges_path = path / "input_ranges.json"
+    if (path / "model.safetensors").exists() and ranges_path.exists():
+        _log(f"{data.task}: reusing HWA checkpoint {path}")
+        return load_checkpoint_eval(path), json.loads(ranges_path.read_text())
+    h = cfg.hwa
+    fcfg = cfg.finetune_for(data.task, h.finetune)
+    _log(f"{data.task}: HWA fine-tuning ({fcfg.epochs} epoch(s), lr {fcfg.learning_rate:g}, "
+         f"noise {h.recipe.weight_noise} x{h.recipe.weight_noise_scale}"
+         + (f", distilled from the digital model w={fcfg.distill_weight:g}" if fcfg.distill_weight > 0 else "")
+         + (f", best of {cfg.best_of} seeds on tiles" if cfg.best_of > 1 else "") + ")")
+
+    def train(k: int):
+        fk: FinetuneConfig = replace(fcfg, seed=fcfg.seed + k)
+        model = copy.deepcopy(digital if h.init_from == "digital" else base)
+        analogize(model, copy.deepcopy(cfg.analog))
+        prepare_hwa(model, h.recipe, calib_batches=data.calib)
+        t = time.time()
+        hist = finetune(model, data.train_loader(fk.batch_size, fk.seed + 7), fk,
+                        after_step=hwa_after_step(h.recipe), progress=progress,
+                        teacher=digital if fk.distill_weight > 0 else None)
+        remove_hwa(model)
+        ranges = {name: float(layer.input_range.detach()) for name, layer in analog_layers(model)}
+        model = _plain(model, tok)
+        score = analog_dev_headline(cfg, data, model, ranges) if cfg.best_of > 1 else float("nan")
+        return model, {"ranges": ranges, "history": {"losses": hist.losses, "seconds": time.time() - t}}, score
+
+    model, extra, cands = _best_of(cfg, data, "HWA", train)
+    save_checkpoint(model, tok, path)
+    ranges_path.write_text(json.dumps(extra["ranges"], indent=1))
+    (path / "history.json").write_text(json.dumps(extra["history"]))
+    if cfg.best_of > 1:
+        (path / "candidates.json").write_text(json.dumps(cands, indent=1))
+    return load_checkpoint_eval(path), extra["ranges"]
+
+
+def _plain(model: nn.Module, tok) -> nn.Module:
+    """The HF model with plain nn.Linear layers (an HWA model after `remove_hwa` still has
+    AnalogLinear modules): a save/load round trip through a temporary folder."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(model, None, tmp)
+        return load_checkpoint_eval(Path(tmp))
