@@ -356,3 +356,47 @@ def test_evaluate_and_prune_commands_on_a_saved_checkpoint(setup, tmp_path, caps
     assert stages == {"dense", "pruned", "retrained"}
     assert main(["evaluate", str(root / "nope"), "--task", "sst2", "--out", str(tmp_path / "x")]) == 2
     assert "not a saved model folder" in capsys.readouterr().err
+
+
+def test_merge_of_per_task_folders_equals_one_study(setup, capsys):
+    """Running each task in its own folder (e.g. in parallel) and merging gives the records
+    of one study of both tasks; the merged folder resumes; mismatches are refused."""
+    root, glue, model_dir = setup
+    common = dict(conditions=["digital", "analog"],
+                  finetune={"epochs": 1, "batch_size": 16, "learning_rate": 5e-3},
+                  sweep={"times_seconds": [3600], "repeats": 2, "calibration_batches": 2,
+                         "eval_batch_size": 8})
+    parts = []
+    for task in ("sst2", "mrpc"):
+        parts.append(root / f"out_merge_{task}")
+        assert main(["study", str(_config(root, glue, model_dir, tasks=[task], **common)),
+                     "--out", str(parts[-1]), "--no-progress"]) == 0
+    both = root / "out_merge_both"
+    both_cfg = _config(root, glue, model_dir, tasks=["sst2", "mrpc"], **common)
+    assert main(["study", str(both_cfg), "--out", str(both), "--no-progress"]) == 0
+    merged = root / "out_merged"
+    assert main(["merge", *map(str, parts), "--out", str(merged)]) == 0
+    canon = lambda recs: sorted(json.dumps(r, sort_keys=True) for r in recs)
+    assert canon(_records(merged)) == canon(_records(both))
+    assert (merged / "report.md").is_file() and "MRPC" in (merged / "report.md").read_text()
+    assert (merged / "checkpoints" / "mrpc" / "digital" / "model.safetensors").is_file()
+    assert yaml.safe_load((merged / "config.yaml").read_text())["tasks"] == ["sst2", "mrpc"]
+    # the merged folder is a study folder: the two-task config resumes there with nothing to do
+    n = len(_records(merged))
+    assert main(["study", str(both_cfg), "--out", str(merged), "--no-progress"]) == 0
+    assert len(_records(merged)) == n
+    capsys.readouterr()
+    # a different study (another seed) is refused, as are records that disagree
+    other = root / "out_merge_other"
+    other.mkdir()
+    cfg = yaml.safe_load((parts[0] / "config.yaml").read_text())
+    (other / "config.yaml").write_text(yaml.safe_dump(dict(cfg, seed=1)))
+    (other / "results.jsonl").write_text("")
+    assert main(["merge", str(parts[0]), str(other), "--out", str(root / "out_bad")]) == 2
+    assert "seed" in capsys.readouterr().err and not (root / "out_bad").exists()
+    lines = (parts[1] / "results.jsonl").read_text().splitlines()
+    rec = json.loads(lines[-1]); rec["metrics"] = {k: 0.0 for k in rec["metrics"]}
+    (parts[1] / "results.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(rec)]) + "\n")
+    assert main(["merge", str(parts[1]), str(both), "--out", str(root / "out_bad2")]) == 2
+    assert "differs between" in capsys.readouterr().err and not (root / "out_bad2").exists()
+    assert main(["merge", *map(str, parts), "--out", str(merged)]) == 2  # not empty

@@ -1,4 +1,4 @@
-"""`analogformer` command line: study, evaluate, prune, map, report, demo."""
+"""`analogformer` command line: study, evaluate, prune, map, report, merge, demo."""
 from __future__ import annotations
 
 import argparse
@@ -117,6 +117,12 @@ def cmd_report(a) -> int:
     return 0
 
 
+def cmd_merge(a) -> int:
+    from .merge import merge_studies
+    print(merge_studies(a.sources, a.out))
+    return 0
+
+
 def cmd_demo(a) -> int:
     """Analogize the bundled MiniLM and print how its sentence embeddings drift over time."""
     import torch
@@ -205,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="rebuild report.md / report.html / plots from a study folder")
     r.add_argument("dir", help="study output folder (holds results.jsonl)")
     r.set_defaults(func=cmd_report)
+
+    g = sub.add_parser("merge", help="merge study folders that ran parts of one study (e.g. one task each)")
+    g.add_argument("sources", nargs="+", help="study folders (same config up to tasks / conditions / times / repeats)")
+    g.add_argument("--out", required=True, help="new folder for the merged study (report rebuilt there)")
+    g.set_defaults(func=cmd_merge)
 
     d = sub.add_parser("demo", help="analogize the bundled MiniLM and print how its embeddings drift over time")
     d.set_defaults(func=cmd_demo)
