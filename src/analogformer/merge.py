@@ -19,10 +19,11 @@ from typing import Dict, List, Sequence
 
 import yaml
 
+from .study import _EXTENDABLE, _config_changes
 from .sweep import RecordLog, record_key
 
-_GROWABLE = (("tasks",), ("conditions",), ("sweep", "times_seconds"), ("sweep", "repeats"),
-             ("sweep", "times_per_condition"))
+# what a resumed study may add to, plus per-condition time subsets (which follow conditions)
+_GROWABLE = tuple(tuple(k.split(".")) for k in _EXTENDABLE) + (("sweep", "times_per_condition"),)
 _REBUILT = {"results.jsonl", "config.yaml", "results.json", "summary.csv", "report.md",
             "report.html", "artifacts.json"}
 
@@ -53,7 +54,6 @@ def _union(values: List) -> object:
 
 
 def _merged_config(sources: Sequence[Path]) -> dict:
-    from .study import _config_changes
 
     configs = []
     for s in sources:

@@ -130,8 +130,10 @@ def hwa_model(cfg, data, base: nn.Module, digital: nn.Module, tok, out: Path, pr
                         teacher=digital if fk.distill_weight > 0 else None)
         remove_hwa(model)
         ranges = {name: float(layer.input_range.detach()) for name, layer in analog_layers(model)}
-        model = _plain(model, tok)
-        score = analog_dev_headline(cfg, data, model, ranges) if cfg.best_of > 1 else float("nan")
+        score = float("nan")
+        if cfg.best_of > 1:  # ranked on tiles: a plain copy to analogize afresh
+            model = _plain(model)
+            score = analog_dev_headline(cfg, data, model, ranges)
         return model, {"ranges": ranges, "history": {"losses": hist.losses, "seconds": time.time() - t}}, score
 
     model, extra, cands = _best_of(cfg, data, "HWA", train)
@@ -143,7 +145,7 @@ def hwa_model(cfg, data, base: nn.Module, digital: nn.Module, tok, out: Path, pr
     return load_checkpoint_eval(path), extra["ranges"]
 
 
-def _plain(model: nn.Module, tok) -> nn.Module:
+def _plain(model: nn.Module) -> nn.Module:
     """The HF model with plain nn.Linear layers (an HWA model after `remove_hwa` still has
     AnalogLinear modules): a save/load round trip through a temporary folder."""
     import tempfile
