@@ -54,7 +54,6 @@ def _union(values: List) -> object:
 
 
 def _merged_config(sources: Sequence[Path]) -> dict:
-
     configs = []
     for s in sources:
         path = s / "config.yaml"
@@ -134,4 +133,3 @@ def merge_studies(sources: Sequence[str | Path], out: str | Path) -> Path:
     if artifacts:
         (out / "artifacts.json").write_text(json.dumps(artifacts, indent=1))
     return build_report(out)
-

@@ -60,9 +60,11 @@ def analog_dev_headline(cfg, data, model: nn.Module, ranges: Dict[str, float]) -
     return sum(scores) / len(scores)
 
 
-def _best_of(cfg, data, what: str, train: Callable[[int], Tuple[nn.Module, dict, float]]):
+def _best_of(cfg, data, what: str, train: Callable[[int], Tuple[nn.Module, dict, float]],
+             path: Path, tok):
     """Train `cfg.best_of` candidates with `train(k) -> (model, extra, dev score)` (candidate
-    k: fine-tuning seed + k); keep the best. Returns (model, extra, {"chosen", "candidates"})."""
+    k: fine-tuning seed + k); save the best to `path` with its `history.json` (and
+    `candidates.json` when there was a choice). Returns (model, extra) of the winner."""
     best, rows = None, []
     for k in range(cfg.best_of):
         model, extra, score = train(k)
@@ -73,9 +75,12 @@ def _best_of(cfg, data, what: str, train: Callable[[int], Tuple[nn.Module, dict,
         if best is None or score > best[2]:
             best = (model, extra, score, k)
     model, extra, score, k = best
+    save_checkpoint(model, tok, path)
+    (path / "history.json").write_text(json.dumps(extra["history"]))
     if cfg.best_of > 1:
         _log(f"{data.task}: keeping {what} candidate {k + 1} (dev {100 * score:.2f})")
-    return model, extra, {"chosen": k, "candidates": rows}
+        (path / "candidates.json").write_text(json.dumps({"chosen": k, "candidates": rows}, indent=1))
+    return model, extra
 
 
 def digital_model(cfg, data, base: nn.Module, tok, out: Path, progress: bool) -> nn.Module:
@@ -94,11 +99,7 @@ def digital_model(cfg, data, base: nn.Module, tok, out: Path, progress: bool) ->
         score = dev_headline(data, model) if cfg.best_of > 1 else float("nan")
         return model, {"history": {"losses": hist.losses, "seconds": time.time() - t}}, score
 
-    model, extra, cands = _best_of(cfg, data, "digital", train)
-    save_checkpoint(model, tok, path)
-    (path / "history.json").write_text(json.dumps(extra["history"]))
-    if cfg.best_of > 1:
-        (path / "candidates.json").write_text(json.dumps(cands, indent=1))
+    model, extra = _best_of(cfg, data, "digital", train, path, tok)
     return model.eval()
 
 
@@ -136,12 +137,8 @@ def hwa_model(cfg, data, base: nn.Module, digital: nn.Module, tok, out: Path, pr
             score = analog_dev_headline(cfg, data, model, ranges)
         return model, {"ranges": ranges, "history": {"losses": hist.losses, "seconds": time.time() - t}}, score
 
-    model, extra, cands = _best_of(cfg, data, "HWA", train)
-    save_checkpoint(model, tok, path)
+    _, extra = _best_of(cfg, data, "HWA", train, path, tok)
     ranges_path.write_text(json.dumps(extra["ranges"], indent=1))
-    (path / "history.json").write_text(json.dumps(extra["history"]))
-    if cfg.best_of > 1:
-        (path / "candidates.json").write_text(json.dumps(cands, indent=1))
     return load_checkpoint_eval(path), extra["ranges"]
 
 
