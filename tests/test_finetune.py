@@ -194,7 +194,8 @@ def test_checkpoint_round_trip(tokenizer, tmp_path):
     ("learning_rate", 0.0), ("epochs", 0), ("batch_size", 0), ("weight_decay", -1.0),
     ("warmup_ratio", 1.0), ("max_grad_norm", 0.0), ("max_train_examples", 0),
     ("max_eval_examples", -5), ("max_steps", 0), ("distill_weight", 1.5),
-    ("distill_weight", -0.1), ("distill_temperature", 0.0),
+    ("distill_weight", -0.1), ("distill_temperature", 0.0), ("eval_every", 0),
+    ("keep_best", True),  # without eval_every
 ])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -245,4 +246,63 @@ def test_distillation_without_a_teacher_is_an_error(tokenizer):
     train = encode_examples(toy_examples(8), tokenizer)
     with pytest.raises(ValueError, match="distill_weight=0.5 needs a teacher"):
         finetune(tiny_model(), make_loader(train, 4, True), FinetuneConfig(distill_weight=0.5),
+                 progress=False)
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_dev_evaluations_do_not_change_the_training_trajectory(tokenizer):
+    train = encode_examples(toy_examples(40), tokenizer)
+    base = dict(learning_rate=1e-3, epochs=2, batch_size=8, seed=3)
+    plain = tiny_model(seed=1)
+    h0 = finetune(plain, make_loader(train, 8, True, seed=2), FinetuneConfig(**base), progress=False)
+
+    def noisy_score(m):  # consumes torch's RNG and leaves the model in eval mode
+        m.eval()
+        return float(torch.rand(()))
+
+    model = tiny_model(seed=1)
+    h1 = finetune(model, make_loader(train, 8, True, seed=2), FinetuneConfig(**base, eval_every=3),
+                  progress=False, score=noisy_score)
+    assert h1.losses == h0.losses
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in model.state_dict().items())
+    # at the start, every 3 steps, and at the end (10 steps)
+    assert [s for s, _ in h1.evals] == [0, 3, 6, 9, 10] and h1.best_step is None
+
+
+def test_keep_best_restores_the_best_scoring_state(tokenizer):
+    train = encode_examples(toy_examples(40), tokenizer)
+    cfg = FinetuneConfig(learning_rate=3e-3, epochs=2, batch_size=8, seed=3, eval_every=2,
+                         keep_best=True)
+    scores = iter([0.1, 0.4, None, 0.9, 0.9, 0.2, 0.3])  # steps 0, 2, 4, 6, 8, 10, (end = 10)
+    snapshots = {}
+    model = tiny_model(seed=1)
+    step = [0]
+
+    def after_step(m):
+        step[0] += 1
+        snapshots[step[0]] = _state(m)
+
+    history = finetune(model, make_loader(train, 8, True, seed=2), cfg, after_step=after_step,
+                       progress=False, score=lambda m: next(scores))
+    assert history.evals == [(0, 0.1), (2, 0.4), (6, 0.9), (8, 0.9), (10, 0.2)]
+    assert history.best_step == 6  # the first of equal scores; a None state is never kept
+    assert all(torch.equal(v, snapshots[6][k]) for k, v in model.state_dict().items())
+    assert not model.training
+    # the start can win: retraining that only hurts leaves the model as it was
+    model = tiny_model(seed=1)
+    start = _state(model)
+    scores = iter([1.0] + [0.0] * 10)
+    history = finetune(model, make_loader(train, 8, True, seed=2), cfg, progress=False,
+                       score=lambda m: next(scores))
+    assert history.best_step == 0
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+
+
+def test_eval_every_without_a_score_function_is_an_error(tokenizer):
+    train = encode_examples(toy_examples(8), tokenizer)
+    with pytest.raises(ValueError, match="eval_every=5 needs a score function"):
+        finetune(tiny_model(), make_loader(train, 4, True), FinetuneConfig(eval_every=5),
                  progress=False)

@@ -23,7 +23,7 @@ from .tasks.glue import get_task
 from .tasks.metrics import compute_metrics, predictions_from_logits
 
 __all__ = ["FinetuneConfig", "FinetuneHistory", "distillation_loss", "default_model_path", "load_model_and_tokenizer",
-           "finetune", "predict", "evaluate", "save_checkpoint", "load_checkpoint"]
+           "finetune", "total_steps", "predict", "evaluate", "save_checkpoint", "load_checkpoint"]
 
 
 def default_model_path() -> str:
@@ -81,6 +81,11 @@ class FinetuneConfig:
     # output for regression tasks). 0 = off.
     distill_weight: float = 0.0
     distill_temperature: float = 2.0
+    # Dev-set model selection: `finetune(..., score=)` is evaluated at the start, every
+    # `eval_every` optimizer steps and at the end; with `keep_best` the best-scoring state is
+    # restored at the end (as the HF Trainer's load_best_model_at_end). None = no evaluations.
+    eval_every: int | None = None
+    keep_best: bool = False
 
     def __post_init__(self):
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
@@ -102,7 +107,12 @@ class FinetuneConfig:
         if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
             raise ValueError(f"distill_temperature must be a finite number > 0, "
                              f"got {self.distill_temperature}")
-        for name in ("max_train_examples", "max_eval_examples", "max_steps"):
+        if not isinstance(self.keep_best, bool):
+            raise ValueError(f"keep_best must be true or false, got {self.keep_best!r}")
+        if self.keep_best and self.eval_every is None:
+            raise ValueError("keep_best needs eval_every (optimizer steps between dev "
+                             "evaluations), e.g. eval_every: 50")
+        for name in ("max_train_examples", "max_eval_examples", "max_steps", "eval_every"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be an int >= 1 or None (no cap), got {value!r}")
@@ -110,10 +120,13 @@ class FinetuneConfig:
 
 @dataclass
 class FinetuneHistory:
-    """Per-step training loss and learning rate (the rate the step was taken with)."""
+    """Per-step training loss and learning rate (the rate the step was taken with); the dev
+    evaluations ``(optimizer steps done, score)`` and the step whose state was kept."""
 
     losses: list[float] = field(default_factory=list)
     learning_rates: list[float] = field(default_factory=list)
+    evals: list[tuple[int, float]] = field(default_factory=list)
+    best_step: int | None = None
 
     @property
     def steps(self) -> int:
@@ -156,11 +169,18 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
                                       reduction="batchmean", log_target=True) * t * t
 
 
+def total_steps(cfg: FinetuneConfig, train_loader) -> int:
+    """Optimizer steps `finetune` takes: `epochs` passes over the loader, capped by `max_steps`."""
+    total = cfg.epochs * len(train_loader)
+    return total if cfg.max_steps is None else min(total, cfg.max_steps)
+
+
 def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
              cfg: FinetuneConfig, after_step: Callable[[nn.Module], None] | None = None,
              progress: bool = True,
              extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
-             teacher: nn.Module | None = None) -> FinetuneHistory:
+             teacher: nn.Module | None = None,
+             score: Callable[[nn.Module], float | None] | None = None) -> FinetuneHistory:
     """Train ``model`` in place on ``train_loader`` batches; returns the loss history.
 
     ``cfg.seed`` seeds torch's RNG (dropout); the batch order comes from the loader's own
@@ -169,24 +189,44 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
     is left in eval mode. ``extra_loss(model)`` is added to the task loss every step
     (e.g. the ADMM penalty of ``pruning.ADMMPruner``). ``teacher`` (frozen, run in eval mode
     without gradients) is required when ``cfg.distill_weight > 0`` and unused otherwise.
+    ``score(model)`` (higher = better, e.g. the dev metric; ``None`` = this state is not a
+    candidate, e.g. before gradual pruning reached its final ratio) is required when
+    ``cfg.eval_every`` is set; it runs with torch's RNG state saved and restored, so the
+    training trajectory is the same with or without evaluations.
     """
     distill = cfg.distill_weight > 0
     if distill and teacher is None:
         raise ValueError(f"distill_weight={cfg.distill_weight} needs a teacher model: pass "
                          "finetune(..., teacher=model) or set distill_weight: 0")
+    if cfg.eval_every is not None and score is None:
+        raise ValueError(f"eval_every={cfg.eval_every} needs a score function: pass "
+                         "finetune(..., score=lambda m: dev metric) or set eval_every: null")
     if distill:
         teacher.eval()
     torch.manual_seed(cfg.seed)
-    steps_per_epoch = len(train_loader)
-    total = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
+    total = total_steps(cfg, train_loader)
     warmup = int(cfg.warmup_ratio * total)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_warmup_decay(total, warmup))
     device = _device_of(model)
     history = FinetuneHistory()
+    best: dict = {}
+
+    def dev_eval() -> None:
+        rng = torch.get_rng_state()
+        value = score(model)
+        torch.set_rng_state(rng)
+        model.train()
+        if value is None:
+            return
+        history.evals.append((history.steps, float(value)))
+        if cfg.keep_best and ("score" not in best or value > best["score"]):
+            best.update(score=value, step=history.steps,
+                        state={k: v.detach().clone() for k, v in model.state_dict().items()})
+
     model.train()
+    if cfg.eval_every is not None:
+        dev_eval()
     bar = tqdm(total=total, desc="fine-tune", disable=not progress, leave=False)
     while history.steps < total:
         for batch in train_loader:
@@ -212,9 +252,15 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
             history.losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(loss=f"{history.losses[-1]:.4f}")
+            if cfg.eval_every is not None and (history.steps % cfg.eval_every == 0
+                                               or history.steps >= total):
+                dev_eval()
             if history.steps >= total:
                 break
     bar.close()
+    if best:
+        model.load_state_dict(best["state"])
+        history.best_step = best["step"]
     model.eval()
     return history
 

@@ -7,7 +7,9 @@ HWA candidates by their dev metric on tiles (compensated, at the sweep's last ti
 mean of `SELECT_REPEATS` device instances drawn apart from the sweep's). Candidate 0 is
 the single run of `best_of: 1`, so studies without `best_of` are unchanged. The chosen
 model is saved as the step's checkpoint (reused on re-runs), with `candidates.json`
-listing every candidate's seed and score.
+listing every candidate's seed and score. With `eval_every` / `keep_best` in the recipe, a
+candidate is itself the best of its dev evaluations during training (digital candidates
+scored digitally, HWA candidates on tiles as above); the curve goes to `history.json`.
 """
 from __future__ import annotations
 
@@ -95,9 +97,11 @@ def digital_model(cfg, data, base: nn.Module, tok, out: Path, progress: bool) ->
     def train(k: int):
         fk: FinetuneConfig = replace(fcfg, seed=fcfg.seed + k)
         model, t = copy.deepcopy(base), time.time()
-        hist = finetune(model, data.train_loader(fk.batch_size, fk.seed), fk, progress=progress)
+        hist = finetune(model, data.train_loader(fk.batch_size, fk.seed), fk, progress=progress,
+                        score=(lambda m: dev_headline(data, m)) if fk.eval_every else None)
+        log_evals(data.task, "digital", hist)
         score = dev_headline(data, model) if cfg.best_of > 1 else float("nan")
-        return model, {"history": {"losses": hist.losses, "seconds": time.time() - t}}, score
+        return model, {"history": _history(hist, t)}, score
 
     model, extra = _best_of(cfg, data, "digital", train, path, tok)
     return model.eval()
@@ -105,7 +109,7 @@ def digital_model(cfg, data, base: nn.Module, tok, out: Path, progress: bool) ->
 
 def hwa_model(cfg, data, base: nn.Module, digital: nn.Module, tok, out: Path, progress: bool):
     """HWA fine-tune; returns (plain HF model with the trained weights, input ranges)."""
-    from .nn.convert import analog_layers, analogize
+    from .nn.convert import analogize
     from .training import hwa_after_step, prepare_hwa, remove_hwa
 
     path = out / "checkpoints" / data.task / "hwa"
@@ -128,18 +132,45 @@ def hwa_model(cfg, data, base: nn.Module, digital: nn.Module, tok, out: Path, pr
         t = time.time()
         hist = finetune(model, data.train_loader(fk.batch_size, fk.seed + 7), fk,
                         after_step=hwa_after_step(h.recipe), progress=progress,
-                        teacher=digital if fk.distill_weight > 0 else None)
+                        teacher=digital if fk.distill_weight > 0 else None,
+                        score=(lambda m: _tiles_score(cfg, data, m)) if fk.eval_every else None)
+        log_evals(data.task, "HWA (on tiles)", hist)
         remove_hwa(model)
-        ranges = {name: float(layer.input_range.detach()) for name, layer in analog_layers(model)}
+        ranges = _ranges(model)
         score = float("nan")
         if cfg.best_of > 1:  # ranked on tiles: a plain copy to analogize afresh
             model = _plain(model)
             score = analog_dev_headline(cfg, data, model, ranges)
-        return model, {"ranges": ranges, "history": {"losses": hist.losses, "seconds": time.time() - t}}, score
+        return model, {"ranges": ranges, "history": _history(hist, t)}, score
 
     _, extra = _best_of(cfg, data, "HWA", train, path, tok)
     ranges_path.write_text(json.dumps(extra["ranges"], indent=1))
     return load_checkpoint_eval(path), extra["ranges"]
+
+
+def _ranges(model: nn.Module) -> Dict[str, float]:
+    from .nn.convert import analog_layers
+    return {name: float(layer.input_range.detach()) for name, layer in analog_layers(model)}
+
+
+def _tiles_score(cfg, data, model: nn.Module) -> float:
+    """Dev headline on tiles of an HWA model in training (evaluated on a plain copy)."""
+    from .training import remove_hwa
+
+    trained = remove_hwa(copy.deepcopy(model))
+    return analog_dev_headline(cfg, data, _plain(trained), _ranges(trained))
+
+
+def _history(hist, started: float) -> dict:
+    return {"losses": hist.losses, "seconds": time.time() - started,
+            "evals": hist.evals, "best_step": hist.best_step}
+
+
+def log_evals(task: str, what: str, hist) -> None:
+    if hist.evals:
+        curve = ", ".join(f"{s}: {100 * v:.2f}" for s, v in hist.evals)
+        kept = "" if hist.best_step is None else f"; kept step {hist.best_step}"
+        _log(f"{task}: {what} dev score by step: {curve}{kept}")
 
 
 def _plain(model: nn.Module) -> nn.Module:
