@@ -326,3 +326,67 @@ def test_fig31_fig32_pngs(tmp_path):
     p2 = plot_delta_heatmap(d, str(tmp_path / "f32.png"), figsize=(8, 6), dpi=50)
     assert png_size(p2) == (400, 300)
     assert (tmp_path / "f32.png").stat().st_size > 5000
+
+
+# ---------------------------------------------------------------- gradual pruning
+def test_previous_masks_stay_removed_even_when_new_scores_disagree():
+    model = tiny_bert()
+    first = compute_masks(model, PruneConfig(criterion="random", ratio=0.25, seed=1))
+    plain = compute_masks(model, PruneConfig(criterion="random", ratio=0.5, seed=2))
+    nested = compute_masks(model, PruneConfig(criterion="random", ratio=0.5, seed=2), previous=first)
+    name = FC2.format(0)
+    old = set(first.removed_rows(name).tolist())
+    assert not old <= set(plain.removed_rows(name).tolist())  # other seed: other rows
+    new = set(nested.removed_rows(name).tolist())
+    assert old <= new and len(new) == 32
+    # the rest are the lowest-scoring of the new criterion among the rows still alive
+    scores = unit_scores(linear_weight(model.encoder.layer[0].output.dense).detach(),
+                         PruneConfig(criterion="random", ratio=0.5, seed=2),
+                         generator=torch.Generator().manual_seed(2))
+    alive = [j for j in range(64) if j not in old]
+    assert new - old == set(sorted(alive, key=lambda j: float(scores[j]))[:32 - len(old)])
+    # coupled FC1 columns follow
+    assert set(nested.removed_columns(FC1.format(0)).tolist()) == new
+
+
+@pytest.mark.parametrize("criterion", ["mac", "l2"])
+def test_gradual_pruner_stages_are_nested_and_end_at_the_one_shot_count(criterion):
+    from analogformer.pruning import GradualPruner
+
+    model = tiny_bert()
+    batches = [{"input_ids": torch.randint(1, 100, (2, 8))} for _ in range(2)]
+    cfg = PruneConfig(criterion=criterion, ratio=0.5)
+    calls = []
+
+    def stats_fn(m):
+        calls.append(1)
+        return calibrate(m, batches, cfg) if cfg.needs_calibration else None
+
+    pruner = GradualPruner(model, cfg, stages=4, total_steps=8, stats_fn=stats_fn)
+    assert pruner.schedule == [0, 2, 4, 6] and not pruner.final and len(calls) == 1
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ids = torch.randint(1, 100, (4, 8))
+    seen = []
+    for _ in range(8):
+        opt.zero_grad()
+        model(input_ids=ids).last_hidden_state.pow(2).mean().backward()
+        opt.step()
+        pruner.after_step(model)
+        removed = set(pruner.masks.removed_rows(FC2.format(1)).tolist())
+        seen.append(removed)
+        w = linear_weight(model.encoder.layer[1].output.dense).detach()
+        assert torch.all(w[:, sorted(removed)] == 0)
+    counts = [len(s) for s in seen]
+    assert counts == [8, 16, 16, 24, 24, 32, 32, 32]  # 64 rows: 1/8, 2/8, 3/8, 4/8 after steps 2, 4, 6
+    assert all(a <= b for a, b in zip(seen, seen[1:]))   # nested
+    assert pruner.final and pruner.ratio == 0.5 and len(calls) == 4
+    pruner.remove_hooks()
+
+
+def test_gradual_pruner_errors():
+    from analogformer.pruning import GradualPruner
+
+    with pytest.raises(ValueError, match="stages"):
+        GradualPruner(tiny_bert(), PruneConfig(criterion="l1"), stages=0, total_steps=4)
+    with pytest.raises(ValueError, match="ADMM"):
+        GradualPruner(tiny_bert(), PruneConfig(criterion="l1", admm_rho=1e-3), stages=2, total_steps=4)

@@ -212,9 +212,45 @@ def test_pruning_ratios_and_baselines_in_one_study(setup):
     assert len(_records(out)) == n
 
 
+def test_gradual_pruning_keep_best_and_control_in_study(setup):
+    """stages: 2 + keep_best on dev + the dense control: the retrained record is the best of
+    its dev evaluations at the final ratio, the control is the dense model retrained."""
+    root, glue, model_dir = setup
+    cfg_path = _config(root, glue, model_dir, tasks=["sst2"], conditions=["digital", "pruned-digital"],
+                       pruning={"prune": {"criterion": "mac", "structure": "rows", "blocks": ["fc2"],
+                                          "ratio": 0.5},
+                                "baselines": [{"criterion": "random"}], "stages": 2, "control": True,
+                                "calibration_batches": 2,
+                                "retrain": {"epochs": 2, "eval_every": 2, "keep_best": True}})
+    out = root / "out_prune_gradual"
+    assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
+    recs = _records(out)
+    by = {r["condition"]: r for r in recs if "stage" in r}
+    assert set(by) == {"prune:dense", "prune-none:retrained", "prune-mac-rows:pruned",
+                       "prune-mac-rows:retrained", "prune-random-rows:pruned", "prune-random-rows:retrained"}
+    total = 2 * 6  # 96 training examples, batch 16, 2 epochs
+    for method in ("mac-rows", "random-rows"):
+        r = by[f"prune-{method}:retrained"]
+        steps = [s for s, _ in r["dev_evals"]]
+        assert steps == [6, 8, 10, 12]  # only at the final ratio: stage 2 starts after 6 of 12 steps
+        assert r["headline"] == max(v for _, v in r["dev_evals"])
+        assert r["best_step"] in steps
+    control = by["prune-none:retrained"]
+    assert control["prune_ratio"] == 0.0 and control["method"] == "none"
+    assert [s for s, _ in control["dev_evals"]] == list(range(0, total + 1, 2))
+    assert control["dev_evals"][0][1] == by["prune:dense"]["headline"]  # step 0 = the dense model
+    assert control["headline"] == max(v for _, v in control["dev_evals"])
+    pruned = [r for r in recs if r["condition"] == "pruned-digital"]
+    assert pruned and pruned[0]["headline"] == by["prune-mac-rows:retrained"]["headline"]
+    md = (out / "report.md").read_text()
+    assert "| none | 0 |" in md
+
+
 def test_pruning_study_config_errors():
     base = {"tasks": ["sst2"], "conditions": ["digital", "pruned"]}
     for bad, msg in ((({"ratios": [0.2, 0.2]}), "repeats a ratio"), ({"ratios": [1.5]}, "ratio"),
+                     ({"stages": 0}, "stages"), ({"control": "yes"}, "control"),
+                     ({"stages": 2, "prune": {"criterion": "l1", "admm_rho": 0.01}}, "ADMM"),
                      ({"baselines": [{"criterion": "mac"}]}, "same"),
                      ({"baselines": [{"ratio": 0.1}]}, "not per baseline"),
                      ({"baselines": {"criterion": "random"}}, "pruning.baselines")):
@@ -331,6 +367,33 @@ def test_best_of_seeds_keeps_the_best_candidate(setup):
     assert next(r for r in _records(single) if r["condition"] == "digital")["headline"] == \
         first["candidates"][0]["dev_score"]
     assert not (single / "checkpoints" / "sst2" / "digital" / "candidates.json").exists()
+
+
+def test_keep_best_digital_on_dev_and_hwa_on_tiles(setup):
+    """keep_best in the digital and HWA recipes: each keeps its best evaluated state (HWA
+    scored on tiles, the same score that ranks best_of candidates); curves in history.json."""
+    root, glue, model_dir = setup
+    cfg = _config(root, glue, model_dir, tasks=["sst2"], conditions=["digital", "hwa"], best_of=2,
+                  finetune={"epochs": 2, "batch_size": 16, "learning_rate": 5e-3, "eval_every": 4,
+                            "keep_best": True},
+                  hwa={"finetune": {"epochs": 1, "eval_every": 3, "keep_best": True},
+                       "recipe": {"input_range_batches": 2}},
+                  sweep={"times_seconds": [86400], "repeats": 1, "calibration_batches": 2,
+                         "eval_batch_size": 8})
+    out = root / "out_keep_best"
+    assert main(["study", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    for step, every, total in (("digital", 4, 12), ("hwa", 3, 6)):
+        folder = out / "checkpoints" / "sst2" / step
+        hist = json.loads((folder / "history.json").read_text())
+        steps = [s for s, _ in hist["evals"]]
+        assert steps == sorted(set(list(range(0, total + 1, every)) + [total]))
+        best = max(v for _, v in hist["evals"])
+        assert hist["best_step"] == next(s for s, v in hist["evals"] if v == best)
+        cands = json.loads((folder / "candidates.json").read_text())
+        assert cands["candidates"][cands["chosen"]]["dev_score"] == best
+    digital = next(r for r in _records(out) if r["condition"] == "digital")
+    assert digital["headline"] == max(v for _, v in json.loads(
+        (out / "checkpoints" / "sst2" / "digital" / "history.json").read_text())["evals"])
 
 
 def test_evaluate_and_prune_commands_on_a_saved_checkpoint(setup, tmp_path, capsys):

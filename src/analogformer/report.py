@@ -252,7 +252,7 @@ def _prune_table(rows):
     """Rows (method, prune ratio) × columns dense / after pruning / after retraining / Δ."""
     dense = next((r for r in rows if r["stage"] == "dense"), None)
     others = [r for r in rows if r["stage"] != "dense"]
-    stages = _ordered(others, "stage")
+    stages = sorted(_ordered(others, "stage"), key=lambda s: (_STAGE_ORDER.get(s, len(_STAGE_ORDER)), str(s)))
     keys = _ordered([dict(k=(_base(r), r["prune_ratio"])) for r in others], "k")
     methods = _ordered([{"c": k[0]} for k in keys], "c")
     cells = {(_base(r), r["prune_ratio"], r["stage"]): r for r in others}
@@ -276,6 +276,7 @@ def _prune_table(rows):
 
 
 _STAGE_NAMES = {"pruned": "after pruning", "retrained": "after retraining"}
+_STAGE_ORDER = {"pruned": 0, "retrained": 1}
 
 
 def _metric_label(task, metric) -> str:
@@ -338,8 +339,13 @@ def _sections(d: Path, st: _Study, records, skipped, title) -> list[tuple]:
               ("p", "Digital headline metric (points) of each pruning method and ratio: the dense model, "
                     "right after pruning, and after retraining with the masks held. Methods are "
                     "<criterion>-<structure> (mac = seed 000 MAC contribution, magnitude / l1 / l2 = "
-                    "weight norms, random = control); the pruned models on tiles are the "
-                    "`pruned` conditions of the time tables above.")]
+                    "weight norms, random = the chance baseline); the pruned models on tiles are the "
+                    "`pruned` conditions of the time tables above."
+                    + (" Method `none` is the control: the dense model retrained with the same recipe."
+                       if any(r["condition"] == "prune-none:retrained" for r in st.prune_rows) else "")
+                    + (" After retraining is the retrained state with the best dev score among the "
+                       "evaluations during retraining (`keep_best`), i.e. selected on the split it is "
+                       "reported on." if any(r.get("best_step") is not None for r in st.records) else ""))]
         for task in _ordered(st.prune_rows, "task"):
             rows_t = [r for r in st.prune_rows if r["task"] == task]
             f = f"pruning_{_safe(task)}.png"

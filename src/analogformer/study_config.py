@@ -69,6 +69,10 @@ class PruneStudyConfig:
     methods — each a mapping of PruneConfig fields overriding `prune`, e.g.
     [{criterion: magnitude}, {criterion: random}] — pruned and retrained the same way at
     every ratio, for the dense → pruned → retrained comparison (digital only).
+    `stages` > 1 prunes gradually: each ratio is reached in `stages` nested steps spread over
+    the retraining, scored afresh on the retrained model each time (`pruning.GradualPruner`).
+    `control` also retrains the unpruned model with the same recipe (method "none", ratio 0):
+    what the retraining alone does to the dense model.
     """
 
     prune: PruneConfig = field(default_factory=PruneConfig)
@@ -78,10 +82,16 @@ class PruneStudyConfig:
     compact: bool = True
     ratios: Optional[Tuple[float, ...]] = None
     baselines: Tuple[Dict[str, Any], ...] = ()
+    stages: int = 1
+    control: bool = False
 
     def __post_init__(self):
         _check_choice(self, "source", {"digital", "hwa"})
         _check_positive(self, "calibration_batches", integer=True)
+        _check_positive(self, "stages", integer=True)
+        self.stages = int(self.stages)
+        if not isinstance(self.control, bool):
+            _fail("PruneStudyConfig", "control", f"must be true or false, got {self.control!r}")
         if isinstance(self.prune, dict):
             self.prune = from_dict(PruneConfig, self.prune, prefix="pruning.prune")
         if self.ratios is not None:
@@ -105,6 +115,9 @@ class PruneStudyConfig:
             labels.append(self.label(self.variant(**b)))
         if len(set(labels)) != len(labels):
             _fail("PruneStudyConfig", "baselines", f"two methods are the same: {labels}")
+        if self.stages > 1 and any(label.endswith("-admm") or "-admm-" in label for label in labels):
+            _fail("PruneStudyConfig", "stages", "gradual pruning (stages > 1) cannot be combined "
+                                                "with ADMM (admm_rho); use stages: 1")
 
     def variant(self, **overrides) -> PruneConfig:
         """`prune` with some fields replaced (validated)."""

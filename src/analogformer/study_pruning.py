@@ -6,7 +6,10 @@ digital headline metric at three stages — "prune:dense" (before, once), then
 with `prune_ratio`, `stage` and `method` keys. For the main method it also saves the
 compacted, retrained model (evaluated on tiles by the "pruned" conditions of the sweep),
 a tile map before/after pruning (tiles freed per block), and the Fig. 3.1 / 3.2 pictures
-of the MAC analysis for the first FC2 layer.
+of the MAC analysis for the first FC2 layer. `pruning.stages` > 1 prunes gradually during
+the retraining; `pruning.control` adds the dense model retrained with the same recipe
+("prune-none:retrained", ratio 0); `eval_every` / `keep_best` in `pruning.retrain` keep the
+retrained state with the best dev score (recorded with `dev_evals` and `best_step`).
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from typing import Dict
 
 from torch import nn
 
-from .finetune import evaluate, finetune, save_checkpoint
+from .finetune import evaluate, finetune, save_checkpoint, total_steps
+from .study_finetune import log_evals, dev_headline
 from .sweep import RecordLog
 
 
@@ -54,6 +58,8 @@ def pruned_models(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progr
         if len(calib) >= p.calibration_batches:
             break
     source = models[p.source]
+    if p.control:
+        _control(cfg, data, source, log, progress)
     stats_cache: Dict[str, object] = {}
     result: Dict[str, nn.Module] = {}
     for label, pc, is_main in p.runs():
@@ -71,7 +77,7 @@ def pruned_models(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progr
             if pc.criterion not in stats_cache:  # Δ statistics depend on the source model only
                 stats_cache[pc.criterion] = calibrate(source, calib, pc)
             stats = stats_cache[pc.criterion]
-        model = _prune_retrain(cfg, data, source, pc, label, ratio, stats, log, progress)
+        model = _prune_retrain(cfg, data, source, pc, label, ratio, stats, calib, log, progress)
         if not is_main:
             continue
         masks = model.analogformer_masks
@@ -87,49 +93,100 @@ def pruned_models(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progr
     return result
 
 
-def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, stats, log: RecordLog,
-                   progress: bool) -> nn.Module:
-    """Prune a copy of `source` with `pc`, retrain with the masks held; records at each stage."""
-    from .pruning import ADMMPruner, prune
-    from .tasks.metrics import headline_value
+def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, stats, calib,
+                   log: RecordLog, progress: bool) -> nn.Module:
+    """Prune a copy of `source` with `pc`, retrain with the masks held; records at each stage.
+
+    One-shot (`pruning.stages: 1`): prune, then retrain. Gradual (`stages` > 1): the
+    "after pruning" record is still the one-shot pruned model (no retraining), and the
+    retraining prunes in stages (`GradualPruner`). With `eval_every` / `keep_best` in the
+    retraining recipe, only states at the final ratio are candidates.
+    """
+    from .pruning import ADMMPruner, GradualPruner, calibrate, prune
 
     p = cfg.pruning
-    eval_key, eval_batches = next(iter(data.evals.items()))
-
-    def record(condition: str, stage: str, model: nn.Module, x: float) -> float:
-        key = (eval_key, condition, None, 0, x)
-        if log.has(key):
-            return next(r["headline"] for r in log.records if r["task"] == eval_key and r["condition"] == condition
-                        and r.get("prune_ratio") == x)
-        metrics = evaluate(model, eval_batches, eval_key)
-        log.write({"task": eval_key, "condition": condition, "t_seconds": None, "repeat": 0,
-                   "metrics": metrics, "headline": headline_value(eval_key, metrics),
-                   "prune_ratio": x, "stage": stage, "method": label if stage != "dense" else p.source})
-        return headline_value(eval_key, metrics)
-
     model = copy.deepcopy(source).eval()
-    dense = record("prune:dense", "dense", model, 0.0)
+    dense = _record(data, log, "prune:dense", "dense", model, 0.0, p.source)
     fcfg = cfg.finetune_for(data.task, p.retrain)
     teacher = source if fcfg.distill_weight > 0 else None  # the dense model distils into the pruned one
+    loader = data.train_loader(fcfg.batch_size, fcfg.seed + 13)
+    pruner = None
     if pc.admm_rho is not None:
         _log(f"{data.task}: {label} ratio {ratio:.3f}: ADMM phase (rho {pc.admm_rho:g})")
         admm = ADMMPruner(model, pc, stats)
         finetune(model, data.train_loader(fcfg.batch_size, fcfg.seed + 11), fcfg,
                  after_step=admm.step, extra_loss=admm.penalty, progress=progress, teacher=teacher)
         masks = admm.finalize(model)
+        after_prune = _record(data, log, f"prune-{label}:pruned", "pruned", model, ratio, label)
+    elif p.stages > 1:
+        oneshot = copy.deepcopy(source).eval()
+        prune(oneshot, pc, stats)
+        after_prune = _record(data, log, f"prune-{label}:pruned", "pruned", oneshot, ratio, label)
+        del oneshot
+        stats_fn = (lambda m: calibrate(m, calib, pc)) if pc.needs_calibration else (lambda m: None)
+        pruner = GradualPruner(model, pc, p.stages, total_steps(fcfg, loader), stats_fn)
+        masks = pruner.masks
     else:
         masks = prune(model, pc, stats)
-    after_prune = record(f"prune-{label}:pruned", "pruned", model, ratio)
+        after_prune = _record(data, log, f"prune-{label}:pruned", "pruned", model, ratio, label)
+    how = f"in {p.stages} stages during " if pruner else ""
     _log(f"{data.task}: pruned {label} ratio {ratio:.3f} on {list(pc.blocks)}: "
-         f"{100 * dense:.2f} -> {100 * after_prune:.2f}; retraining {fcfg.epochs} epoch(s)")
-    masks.register_gradient_hooks(model)
-    finetune(model, data.train_loader(fcfg.batch_size, fcfg.seed + 13), fcfg,
-             after_step=masks.after_step, progress=progress, teacher=teacher)
+         f"{100 * dense:.2f} -> {100 * after_prune:.2f}; {how}retraining {fcfg.epochs} epoch(s)")
+    if pruner is None:
+        masks.register_gradient_hooks(model)
+    score = None
+    if fcfg.eval_every:
+        score = lambda m: dev_headline(data, m) if pruner is None or pruner.final else None  # noqa: E731
+    hist = finetune(model, loader, fcfg, after_step=pruner.after_step if pruner else masks.after_step,
+                    progress=progress, teacher=teacher, score=score)
+    if pruner is not None:
+        masks = pruner.masks
     masks.remove_hooks()
-    retrained = record(f"prune-{label}:retrained", "retrained", model, ratio)
+    log_evals(data.task, f"{label} ratio {ratio:.3f} retraining", hist)
+    retrained = _record(data, log, f"prune-{label}:retrained", "retrained", model, ratio, label,
+                        **_selection(hist))
     _log(f"{data.task}: {label} ratio {ratio:.3f} after retraining {100 * retrained:.2f}")
     model.analogformer_masks = masks
     return model
+
+
+def _control(cfg, data, source: nn.Module, log: RecordLog, progress: bool) -> None:
+    """The dense model retrained with the pruning recipe (no masks): method "none", ratio 0."""
+    if log.has((next(iter(data.evals)), "prune-none:retrained", None, 0, 0.0)):
+        return
+    fcfg = cfg.finetune_for(data.task, cfg.pruning.retrain)
+    model = copy.deepcopy(source).eval()
+    _log(f"{data.task}: control: the dense model retrained with the pruning recipe")
+    hist = finetune(model, data.train_loader(fcfg.batch_size, fcfg.seed + 13), fcfg, progress=progress,
+                    teacher=source if fcfg.distill_weight > 0 else None,
+                    score=(lambda m: dev_headline(data, m)) if fcfg.eval_every else None)
+    log_evals(data.task, "control retraining", hist)
+    value = _record(data, log, "prune-none:retrained", "retrained", model, 0.0, "none", **_selection(hist))
+    _log(f"{data.task}: control (dense, retrained) {100 * value:.2f}")
+
+
+def _selection(hist) -> dict:
+    """Record fields of a retraining's dev evaluations (none without eval_every)."""
+    if not hist.evals:
+        return {}
+    return {"dev_evals": [[s, v] for s, v in hist.evals], "best_step": hist.best_step}
+
+
+def _record(data, log: RecordLog, condition: str, stage: str, model: nn.Module, ratio: float,
+            method: str, **extra) -> float:
+    """Write the digital dev record of one pruning stage (once); returns its headline."""
+    from .tasks.metrics import headline_value
+
+    eval_key, eval_batches = next(iter(data.evals.items()))
+    key = (eval_key, condition, None, 0, ratio)
+    if log.has(key):
+        return next(r["headline"] for r in log.records if r["task"] == eval_key and r["condition"] == condition
+                    and r.get("prune_ratio") == ratio)
+    metrics = evaluate(model, eval_batches, eval_key)
+    log.write({"task": eval_key, "condition": condition, "t_seconds": None, "repeat": 0,
+               "metrics": metrics, "headline": headline_value(eval_key, metrics),
+               "prune_ratio": ratio, "stage": stage, "method": method, **extra})
+    return headline_value(eval_key, metrics)
 
 
 def _tile_comparison(cfg, dense: nn.Module, pruned: nn.Module, out: Path, tag: str) -> None:

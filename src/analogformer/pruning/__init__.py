@@ -3,9 +3,10 @@
 from .admm import ADMMPruner
 from .compact import CompactResult, compact, load_compacted, resize_ffn
 from .criteria import (MaskContext, compute_masks, mask_context, masks_from_weights, prune,
-                       unit_scores)
+                       removed_units, unit_scores)
 from .mac import (LayerStats, MacStats, calibrate, capture_frames, mac_delta,
                   mac_unit_scores, product_elements)
+from .gradual import GradualPruner, stage_config
 from .masks import PruningMasks
 from .plots import plot_delta_heatmap, plot_product_curves
 from .prune_config import CRITERIA, SCOPES, STRUCTURES, PruneConfig
@@ -16,7 +17,7 @@ __all__ = [
     "ADMMPruner", "BLOCKS", "CRITERIA", "CompactResult", "DEFAULT_EXCLUDE", "FFNGroup",
     "LayerStats", "MacStats", "MaskContext", "PruneConfig", "PruningMasks", "SCOPES",
     "STRUCTURES", "analog_matrices", "block_of", "calibrate", "capture_frames", "compact",
-    "compute_masks", "ffn_groups", "find_targets", "linear_weight", "load_compacted",
+    "compute_masks", "ffn_groups", "GradualPruner", "stage_config", "removed_units", "find_targets", "linear_weight", "load_compacted",
     "mac_delta", "mac_unit_scores", "mask_context", "masks_from_weights",
     "plot_delta_heatmap", "plot_product_curves", "product_elements", "prune", "resize_ffn",
     "unit_scores",

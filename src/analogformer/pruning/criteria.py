@@ -131,15 +131,30 @@ def _propagate_ffn(wm: Dict[str, torch.Tensor], bm: Dict[str, torch.Tensor],
                 bm[n][dead] = False
 
 
+def removed_units(mask: torch.Tensor, cfg: PruneConfig) -> torch.Tensor:
+    """Which units of cfg.structure a weight mask (out, in) has removed entirely (the shape
+    of `unit_scores`)."""
+    if cfg.structure == "rows":
+        return ~mask.any(0)
+    if cfg.structure == "columns":
+        return ~mask.any(1)
+    if cfg.structure == "blocks":
+        return _block_sum(mask.double(), cfg.block_shape) == 0
+    return ~mask
+
+
 def masks_from_weights(weights: Dict[str, torch.Tensor], blocks: Dict[str, str],
                        cfg: PruneConfig, stats: Optional[MacStats] = None,
                        groups: Sequence[FFNGroup] = (),
                        shapes: Optional[Dict[str, Tuple[int, int]]] = None,
-                       has_bias: Optional[Dict[str, bool]] = None) -> PruningMasks:
+                       has_bias: Optional[Dict[str, bool]] = None,
+                       previous: Optional[PruningMasks] = None) -> PruningMasks:
     """Masks for weights {name: (out, in)} whose blocks are {name: block}.
 
     `groups` / `shapes` / `has_bias` describe the FFN pairs for coupled pruning (shapes
-    and bias flags of every module in a group, targeted or not).
+    and bias flags of every module in a group, targeted or not). `previous` masks (an
+    earlier, smaller ratio of gradual pruning) stay removed: their units score lowest, so
+    the new masks remove a superset of them.
     """
     shapes = dict(shapes or {n: tuple(w.shape) for n, w in weights.items()})
     has_bias = dict(has_bias or {})
@@ -160,6 +175,8 @@ def masks_from_weights(weights: Dict[str, torch.Tensor], blocks: Dict[str, str],
     for lead, members in joint.items():
         s = sum(unit_scores(weights[n], cfg, stats[n] if stats is not None and n in stats
                             else None, generator=gen) for n in members)
+        if previous is not None and lead in previous.weight:
+            s = s.masked_fill(removed_units(previous.weight[lead], cfg), -math.inf)
         by_block.setdefault(blocks[lead], []).append((members, s))
     for block, units in by_block.items():
         keeps = _keep_from_scores([s for _, s in units], cfg.ratio_for(block), cfg.scope)
@@ -177,6 +194,13 @@ def masks_from_weights(weights: Dict[str, torch.Tensor], blocks: Dict[str, str],
                 else:
                     m = keep.clone()
                 wm[n] = m
+    if previous is not None:  # exactly nested even where units were not scored (coupled FC1)
+        for n, m in previous.weight.items():
+            if n in wm:
+                wm[n] &= m
+        for n, m in previous.bias.items():
+            if n in bm:
+                bm[n] &= m
     if cfg.coupled_ffn:
         _propagate_ffn(wm, bm, groups, shapes, has_bias)
     return PruningMasks(wm, bm)
@@ -206,17 +230,18 @@ def mask_context(model: nn.Module, cfg: PruneConfig) -> MaskContext:
                        {n: everything[n].bias is not None for n in names})
 
 
-def compute_masks(model: nn.Module, cfg: PruneConfig,
-                  stats: Optional[MacStats] = None) -> PruningMasks:
-    """Masks for the target blocks of `model` (nothing is modified)."""
+def compute_masks(model: nn.Module, cfg: PruneConfig, stats: Optional[MacStats] = None,
+                  previous: Optional[PruningMasks] = None) -> PruningMasks:
+    """Masks for the target blocks of `model` (nothing is modified); units removed by
+    `previous` stay removed."""
     ctx = mask_context(model, cfg)
     return masks_from_weights(ctx.weights(), ctx.blocks, cfg, stats, ctx.groups,
-                              ctx.shapes, ctx.has_bias)
+                              ctx.shapes, ctx.has_bias, previous)
 
 
-def prune(model: nn.Module, cfg: PruneConfig,
-          stats: Optional[MacStats] = None) -> PruningMasks:
+def prune(model: nn.Module, cfg: PruneConfig, stats: Optional[MacStats] = None,
+          previous: Optional[PruningMasks] = None) -> PruningMasks:
     """Compute masks for `model` and apply them (weights zeroed in place)."""
-    masks = compute_masks(model, cfg, stats)
+    masks = compute_masks(model, cfg, stats, previous)
     masks.apply(model)
     return masks
