@@ -55,10 +55,13 @@ def _plot_pruning(path, rows, baseline, title, ylabel):
     for i, k in enumerate(keys):
         pts = sorted(((r["prune_ratio"], r) for r in rows
                       if (_base(r), r["stage"], r["t_seconds"]) == k), key=lambda p: p[0])
-        if dense and rows is not dense:  # every curve starts at the dense model (ratio 0)
+        control = k[0] == "prune-none"  # the dense model retrained: one point at ratio 0
+        if dense and rows is not dense and not control:  # every curve starts at the dense model
             pts = [(0.0, dense[0])] + pts
         label = " · ".join(str(p if j != 2 else time_label(p)) for j, p in enumerate(k)
                            if vary[j] or (j == 1 and p is not None)) or k[0]
+        if control:
+            label = "control: dense, retrained"
         ax.errorbar([scale * x for x, _ in pts], [100 * r["mean"] for _, r in pts],
                     yerr=[100 * r["sem"] for _, r in pts], marker="osD^v<>ph*"[i % 10],
                     color=f"C{i % 10}", capsize=3, lw=1.6, label=label)
