@@ -274,6 +274,7 @@ def test_config_round_trip_yaml():
     ("analog.adc.bitz=8", r"analog\.adc: unknown key\(s\) \['bitz'\]; allowed: \['bits', 'bound'"),
     ("analog.adc.bits=0", r"ADCConfig\.bits: must be > 0"),
     ("analog.tile.rows=0", r"TileConfig\.rows: must be > 0"),
+    ("select_repeats=0", r"StudyConfig\.select_repeats: must be > 0"),
     ("sweep.repeats=two", r"sweep\.repeats: expected int, got str"),
     ("sweep.times_seconds=[-1]", r"times must be finite and >= 0"),
     ("tasks=[wnli]", r"StudyConfig\.tasks"),
@@ -374,6 +375,7 @@ def test_keep_best_digital_on_dev_and_hwa_on_tiles(setup):
     scored on tiles, the same score that ranks best_of candidates); curves in history.json."""
     root, glue, model_dir = setup
     cfg = _config(root, glue, model_dir, tasks=["sst2"], conditions=["digital", "hwa"], best_of=2,
+                  select_repeats=3,
                   finetune={"epochs": 2, "batch_size": 16, "learning_rate": 5e-3, "eval_every": 4,
                             "keep_best": True},
                   hwa={"finetune": {"epochs": 1, "eval_every": 3, "keep_best": True},

@@ -162,11 +162,16 @@ class StudyConfig:
     # fine-tune this many seeds per task (digital, and HWA) and keep the best on the dev
     # set; seed 001 picks the best of 5 (SPEC §4.1). HWA candidates are ranked on tiles.
     best_of: int = 1
+    # device instances behind every score on tiles that selects a model (HWA candidates of
+    # best_of, keep_best evaluations of HWA fine-tuning); drawn apart from the sweep's
+    select_repeats: int = 2
 
     def __post_init__(self):
         from .tasks import resolve_task
 
         _check_positive(self, "best_of", integer=True)
+        _check_positive(self, "select_repeats", integer=True)
+        self.best_of, self.select_repeats = int(self.best_of), int(self.select_repeats)
 
         if isinstance(self.tasks, str) or not self.tasks:
             _fail("StudyConfig", "tasks", "must be a non-empty list of GLUE task names")

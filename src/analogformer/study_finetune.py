@@ -4,7 +4,7 @@ Each step trains `best_of` candidates that differ only in their seed (dropout, b
 order) and keeps the best on the task's dev set — seed 001 picks the best of 5 training
 seeds per task (SPEC §4.1). Digital candidates are ranked by their digital dev metric;
 HWA candidates by their dev metric on tiles (compensated, at the sweep's last time point,
-mean of `SELECT_REPEATS` device instances drawn apart from the sweep's). Candidate 0 is
+mean of `select_repeats` device instances drawn apart from the sweep's). Candidate 0 is
 the single run of `best_of: 1`, so studies without `best_of` are unchanged. The chosen
 model is saved as the step's checkpoint (reused on re-runs), with `candidates.json`
 listing every candidate's seed and score. With `eval_every` / `keep_best` in the recipe, a
@@ -25,7 +25,6 @@ from torch import nn
 from .finetune import FinetuneConfig, evaluate, finetune, save_checkpoint
 from .tasks.metrics import headline_value
 
-SELECT_REPEATS = 2  # device instances per HWA candidate when ranking on tiles
 _SELECT_SEED = 7_777_777  # program seeds of the ranking, apart from the sweep's
 
 
@@ -46,7 +45,7 @@ def dev_headline(data, model: nn.Module) -> float:
 
 def analog_dev_headline(cfg, data, model: nn.Module, ranges: Dict[str, float]) -> float:
     """Mean dev headline of `model` on tiles (its DAC ranges `ranges`), compensated, at the
-    sweep's last time point, over `SELECT_REPEATS` device instances."""
+    sweep's last time point, over `cfg.select_repeats` device instances."""
     from .inference import drift, program
     from .nn.convert import analogize
     from .sweep import set_input_ranges
@@ -55,7 +54,7 @@ def analog_dev_headline(cfg, data, model: nn.Module, ranges: Dict[str, float]) -
     set_input_ranges(analog, ranges)
     t = max(cfg.sweep.times_seconds)
     scores = []
-    for r in range(SELECT_REPEATS):
+    for r in range(cfg.select_repeats):
         program(analog, seed=_SELECT_SEED + r)
         drift(analog, t)
         scores.append(dev_headline(data, analog))
