@@ -246,6 +246,20 @@ def test_gradual_pruning_keep_best_and_control_in_study(setup):
     assert "| none | 0 |" in md
 
 
+def test_admm_pruning_with_keep_best_selects_in_the_retraining_only(setup):
+    root, glue, model_dir = setup
+    cfg_path = _config(root, glue, model_dir, tasks=["sst2"], conditions=["digital", "pruned-digital"],
+                       pruning={"prune": {"criterion": "l2", "structure": "rows", "blocks": ["fc2"],
+                                          "ratio": 0.25, "admm_rho": 0.01, "admm_interval_steps": 2},
+                                "calibration_batches": 2,
+                                "retrain": {"epochs": 1, "eval_every": 3, "keep_best": True}})
+    out = root / "out_prune_admm"
+    assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
+    r = next(r for r in _records(out) if r["condition"] == "prune-l2-rows-admm:retrained")
+    assert [s for s, _ in r["dev_evals"]] == [0, 3, 6]
+    assert r["headline"] == max(v for _, v in r["dev_evals"])
+
+
 def test_pruning_study_config_errors():
     base = {"tasks": ["sst2"], "conditions": ["digital", "pruned"]}
     for bad, msg in ((({"ratios": [0.2, 0.2]}), "repeats a ratio"), ({"ratios": [1.5]}, "ratio"),

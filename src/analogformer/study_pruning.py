@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict
 
@@ -114,7 +115,8 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
     if pc.admm_rho is not None:
         _log(f"{data.task}: {label} ratio {ratio:.3f}: ADMM phase (rho {pc.admm_rho:g})")
         admm = ADMMPruner(model, pc, stats)
-        finetune(model, data.train_loader(fcfg.batch_size, fcfg.seed + 11), fcfg,
+        phase = replace(fcfg, eval_every=None, keep_best=False)  # selection: in the retraining
+        finetune(model, data.train_loader(fcfg.batch_size, fcfg.seed + 11), phase,
                  after_step=admm.step, extra_loss=admm.penalty, progress=progress, teacher=teacher)
         masks = admm.finalize(model)
         after_prune = _record(data, log, f"prune-{label}:pruned", "pruned", model, ratio, label)
