@@ -115,7 +115,7 @@ class PruneStudyConfig:
             labels.append(self.label(self.variant(**b)))
         if len(set(labels)) != len(labels):
             _fail("PruneStudyConfig", "baselines", f"two methods are the same: {labels}")
-        if self.stages > 1 and any(label.endswith("-admm") or "-admm-" in label for label in labels):
+        if self.stages > 1 and any(pc.admm_rho is not None for _, pc, _ in self.runs()):
             _fail("PruneStudyConfig", "stages", "gradual pruning (stages > 1) cannot be combined "
                                                 "with ADMM (admm_rho); use stages: 1")
 

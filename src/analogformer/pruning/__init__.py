@@ -15,10 +15,10 @@ from .targets import (BLOCKS, DEFAULT_EXCLUDE, FFNGroup, analog_matrices, block_
 
 __all__ = [
     "ADMMPruner", "BLOCKS", "CRITERIA", "CompactResult", "DEFAULT_EXCLUDE", "FFNGroup",
-    "LayerStats", "MacStats", "MaskContext", "PruneConfig", "PruningMasks", "SCOPES",
-    "STRUCTURES", "analog_matrices", "block_of", "calibrate", "capture_frames", "compact",
-    "compute_masks", "ffn_groups", "GradualPruner", "stage_config", "removed_units", "find_targets", "linear_weight", "load_compacted",
-    "mac_delta", "mac_unit_scores", "mask_context", "masks_from_weights",
-    "plot_delta_heatmap", "plot_product_curves", "product_elements", "prune", "resize_ffn",
-    "unit_scores",
+    "GradualPruner", "LayerStats", "MacStats", "MaskContext", "PruneConfig", "PruningMasks",
+    "SCOPES", "STRUCTURES", "analog_matrices", "block_of", "calibrate", "capture_frames",
+    "compact", "compute_masks", "ffn_groups", "find_targets", "linear_weight",
+    "load_compacted", "mac_delta", "mac_unit_scores", "mask_context", "masks_from_weights",
+    "plot_delta_heatmap", "plot_product_curves", "product_elements", "prune",
+    "removed_units", "resize_ffn", "stage_config", "unit_scores",
 ]

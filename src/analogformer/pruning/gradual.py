@@ -16,6 +16,7 @@ Usage with `finetune` (or any loop that calls `after_step(model)` after optimize
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, List, Optional
 
 from torch import nn
@@ -28,8 +29,6 @@ from .prune_config import PruneConfig
 
 def stage_config(cfg: PruneConfig, fraction: float) -> PruneConfig:
     """`cfg` with every ratio (and block ratio) scaled by `fraction` of the way."""
-    from dataclasses import replace
-
     ratios = None if cfg.block_ratios is None else {b: r * fraction for b, r in cfg.block_ratios.items()}
     return replace(cfg, ratio=cfg.ratio * fraction, block_ratios=ratios)
 
