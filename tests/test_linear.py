@@ -408,3 +408,24 @@ def test_fused_training_kernels_match_composed_ste(rows, scaling):
         assert abs(gr.item() - rr.item()) < 1e-4 * max(1.0, abs(rr.item())) and gr.item() != 0
     else:
         assert gr is None and rr is None
+
+
+def test_program_and_drift_on_threads_equal_sequential():
+    """Layers are programmed and read on torch.get_num_threads() Python threads; each has
+    its own generator, so the state is exactly the sequential one."""
+    model = af.analogize(tiny("bert"), af.AnalogConfig())
+    states = []
+    old = torch.get_num_threads()
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            af.program(model, 3)
+            af.drift(model, 86400.0)
+        finally:
+            torch.set_num_threads(old)
+        states.append([(l._g_prog.clone(), l._nu.clone(), l._w_read.clone(), l._comp_factor.clone())
+                       for _, l in af.analog_layers(model)])
+    assert len(states[0]) > 2
+    for seq, thr in zip(*states):
+        for a, b in zip(seq, thr):
+            assert torch.equal(a, b)

@@ -77,7 +77,9 @@ def test_calibrate_ignores_padding():
     s_sep = calibrate(model, [{"input_ids": a}, {"input_ids": b}], cfg)
     for name in s_pad.layers:
         assert s_pad[name].frames == 8
-        torch.testing.assert_close(s_pad[name].row_score, s_sep[name].row_score, rtol=1e-5, atol=0)
+        # float32 attention with and without a padding mask differs by ~1e-4 relative in
+        # Σ|w·x/y| (near-zero y amplify it); a padding frame counted would be ~10 %
+        torch.testing.assert_close(s_pad[name].row_score, s_sep[name].row_score, rtol=1e-3, atol=0)
         torch.testing.assert_close(s_pad[name].sq_sum, s_sep[name].sq_sum, rtol=1e-5, atol=0)
     assert set(s_pad.layers) == {FC2.format(i) for i in range(2)} | {
         f"encoder.layer.{i}.attention.self.{q}" for i in range(2) for q in ("query", "key", "value")}

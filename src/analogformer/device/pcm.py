@@ -22,7 +22,9 @@ def prog_noise_std(g_target: torch.Tensor, cfg: PCMConfig) -> torch.Tensor:
     """σ_prog(g_T) = γ · max(c0 + c1·(g_T/g_max) + c2·(g_T/g_max)², 0), coefficients scaled by g_max/25."""
     c0, c1, c2 = (c * cfg.g_max_us / 25.0 for c in cfg.prog_coeffs_us)
     r = g_target / cfg.g_max_us
-    return cfg.gamma * (c0 + c1 * r + c2 * r * r).clamp_min(0.0)
+    # Horner, in place on one temporary: (c2·r + c1)·r + c0
+    sigma = torch.mul(r, c2).add_(c1).mul_(r).add_(c0).clamp_min_(0.0)
+    return sigma if cfg.gamma == 1.0 else sigma.mul_(cfg.gamma)
 
 
 def program_conductance(g_target: torch.Tensor, cfg: PCMConfig,
@@ -31,16 +33,16 @@ def program_conductance(g_target: torch.Tensor, cfg: PCMConfig,
     if not cfg.prog_noise or cfg.gamma == 0:
         return g_target.clone()
     noise = _randn_like(g_target, generator)
-    return (g_target + prog_noise_std(g_target, cfg) * noise).clamp_min(0.0)
+    return noise.mul_(prog_noise_std(g_target, cfg)).add_(g_target).clamp_min_(0.0)
 
 
 def drift_exponent_stats(g_target: torch.Tensor, cfg: PCMConfig):
     """(μ_ν, σ_ν) of the drift exponent, computed from the programming *target*."""
-    log_g = torch.log((g_target / cfg.g_max_us).clamp_min(1e-7))
+    log_g = (g_target / cfg.g_max_us).clamp_min_(1e-7).log_()
     (am, bm), (lo_m, hi_m) = cfg.nu_mean_coeffs, cfg.nu_mean_clamp
     (as_, bs), (lo_s, hi_s) = cfg.nu_std_coeffs, cfg.nu_std_clamp
-    mu = (am * log_g + bm).clamp(lo_m, hi_m)
-    sigma = (as_ * log_g + bs).clamp(lo_s, hi_s)
+    mu = torch.mul(log_g, am).add_(bm).clamp_(lo_m, hi_m)
+    sigma = log_g.mul_(as_).add_(bs).clamp_(lo_s, hi_s)  # log_g is ours: reuse it
     return mu, sigma
 
 
@@ -50,18 +52,21 @@ def sample_drift_exponents(g_target: torch.Tensor, cfg: PCMConfig,
     mu, sigma = drift_exponent_stats(g_target, cfg)
     if not cfg.drift_spread:
         return mu
-    return (mu + sigma * _randn_like(g_target, generator)).abs_()
+    return _randn_like(g_target, generator).mul_(sigma).add_(mu).abs_()
 
 
 def drift_factor(t_seconds: float, nu: torch.Tensor, cfg: PCMConfig) -> torch.Tensor:
-    """((t + t_0)/t_0)^(−ν): the multiplicative conductance decay at t seconds."""
-    return torch.pow((t_seconds + cfg.t0_seconds) / cfg.t0_seconds, -nu)
+    """((t + t_0)/t_0)^(−ν): the multiplicative conductance decay at t seconds
+    (computed as exp(−ν·ln((t + t_0)/t_0)), half the time of a tensor-exponent pow)."""
+    return torch.mul(nu, -math.log((t_seconds + cfg.t0_seconds) / cfg.t0_seconds)).exp_()
 
 
 def read_noise_q(g_prog: torch.Tensor, cfg: PCMConfig) -> torch.Tensor:
     """Q_s = min(0.0088 / max(g_prog/g_max, 1e-3)^0.65, 0.2)."""
-    r = (g_prog / cfg.g_max_us).clamp_min(1e-3)
-    return (cfg.read_noise_coeff / r.pow(cfg.read_noise_exponent)).clamp_max(cfg.read_noise_cap)
+    # a / r^p = a·exp(−p·ln r), in place on one temporary
+    r = (g_prog / cfg.g_max_us).clamp_min_(1e-3)
+    return r.log_().mul_(-cfg.read_noise_exponent).exp_().mul_(cfg.read_noise_coeff) \
+        .clamp_max_(cfg.read_noise_cap)
 
 
 def read_noise_time_factor(t_seconds: float, cfg: PCMConfig) -> float:
@@ -81,11 +86,11 @@ def conductance_at(g_prog: torch.Tensor, nu: Optional[torch.Tensor], t_seconds: 
     """g(t) = max(g_prog·drift + σ_nG(t)·N(0,1), 0): the conductance read at t seconds."""
     if t_seconds < 0 or not math.isfinite(t_seconds):
         raise ValueError(f"t_seconds must be a finite number >= 0, got {t_seconds!r}")
-    g = g_prog * drift_factor(t_seconds, nu, cfg) if (cfg.drift and nu is not None) else g_prog.clone()
+    g = drift_factor(t_seconds, nu, cfg).mul_(g_prog) if (cfg.drift and nu is not None) else g_prog.clone()
     tf = read_noise_time_factor(t_seconds, cfg)
     if not cfg.read_noise or cfg.gamma == 0 or tf == 0.0:
         return g
-    sigma = (cfg.gamma * tf) * g * read_noise_q(g_prog, cfg)
+    sigma = read_noise_q(g_prog, cfg).mul_(g).mul_(cfg.gamma * tf)
     return g.add_(sigma.mul_(_randn_like(g, generator))).clamp_min_(0.0)
 
 
