@@ -246,6 +246,33 @@ def test_gradual_pruning_keep_best_and_control_in_study(setup):
     assert "| none | 0 |" in md
 
 
+def test_least_squares_reconstruction_in_study(setup):
+    """MAC rows with `reconstruct` beside the same method without it: an extra
+    "reconstructed" stage between pruning and retraining, with per-matrix output errors,
+    in the records and in the report table."""
+    root, glue, model_dir = setup
+    cfg_path = _config(root, glue, model_dir, tasks=["sst2"], conditions=["digital", "pruned-digital"],
+                       pruning={"prune": {"criterion": "mac", "structure": "rows", "blocks": ["fc2"],
+                                          "ratio": 0.5, "reconstruct": True},
+                                "baselines": [{"reconstruct": False}],
+                                "calibration_batches": 2, "retrain": {"epochs": 1}})
+    out = root / "out_prune_ls"
+    assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
+    recs = _records(out)
+    by = {r["condition"]: r for r in recs if "stage" in r}
+    assert set(by) == {"prune:dense", "prune-mac-rows-ls:pruned", "prune-mac-rows-ls:reconstructed",
+                       "prune-mac-rows-ls:retrained", "prune-mac-rows:pruned", "prune-mac-rows:retrained"}
+    fit = by["prune-mac-rows-ls:reconstructed"]
+    assert fit["stage"] == "reconstructed" and fit["prune_ratio"] == 0.5
+    errs = fit["output_error"]
+    assert set(errs) == {f"bert.encoder.layer.{i}.output.dense" for i in range(2)}
+    assert all(after < before for before, after in errs.values())
+    # the same masks without the refit: identical "after pruning" scores
+    assert by["prune-mac-rows:pruned"]["headline"] == by["prune-mac-rows-ls:pruned"]["headline"]
+    md = (out / "report.md").read_text()
+    assert "after LS refit" in md and "| mac-rows-ls | 0.5 |" in md
+
+
 def test_admm_pruning_with_keep_best_selects_in_the_retraining_only(setup):
     root, glue, model_dir = setup
     cfg_path = _config(root, glue, model_dir, tasks=["sst2"], conditions=["digital", "pruned-digital"],

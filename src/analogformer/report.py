@@ -275,8 +275,8 @@ def _prune_table(rows):
     return header, body
 
 
-_STAGE_NAMES = {"pruned": "after pruning", "retrained": "after retraining"}
-_STAGE_ORDER = {"pruned": 0, "retrained": 1}
+_STAGE_NAMES = {"pruned": "after pruning", "reconstructed": "after LS refit", "retrained": "after retraining"}
+_STAGE_ORDER = {"pruned": 0, "reconstructed": 1, "retrained": 2}
 
 
 def _metric_label(task, metric) -> str:

@@ -115,6 +115,10 @@ class PruneStudyConfig:
             labels.append(self.label(self.variant(**b)))
         if len(set(labels)) != len(labels):
             _fail("PruneStudyConfig", "baselines", f"two methods are the same: {labels}")
+        if self.stages > 1 and any(pc.reconstruct for _, pc, _ in self.runs()):
+            _fail("PruneStudyConfig", "stages", "gradual pruning (stages > 1) cannot be combined "
+                                                "with reconstruct (it refits after one-shot pruning); "
+                                                "use stages: 1")
         if self.stages > 1 and any(pc.admm_rho is not None for _, pc, _ in self.runs()):
             _fail("PruneStudyConfig", "stages", "gradual pruning (stages > 1) cannot be combined "
                                                 "with ADMM (admm_rho); use stages: 1")
@@ -127,7 +131,8 @@ class PruneStudyConfig:
     def label(pc: PruneConfig) -> str:
         """A short method name for records and tables: "mac-rows", "random-rows", ..."""
         s = f"{pc.criterion}-{pc.structure}"
-        return s + ("-admm" if pc.admm_rho is not None else "") + ("-global" if pc.scope == "global" else "")
+        return (s + ("-admm" if pc.admm_rho is not None else "") + ("-global" if pc.scope == "global" else "")
+                + ("-ls" if pc.reconstruct else ""))
 
     def runs(self):
         """[(label, PruneConfig, is_main)] for every ratio: the main method first."""

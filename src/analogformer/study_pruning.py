@@ -103,7 +103,7 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
     retraining prunes in stages (`GradualPruner`). With `eval_every` / `keep_best` in the
     retraining recipe, only states at the final ratio are candidates.
     """
-    from .pruning import ADMMPruner, GradualPruner, calibrate, prune
+    from .pruning import ADMMPruner, GradualPruner, calibrate, prune, reconstruct
 
     p = cfg.pruning
     model = copy.deepcopy(source).eval()
@@ -133,7 +133,16 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
         after_prune = _record(data, log, f"prune-{label}:pruned", "pruned", model, ratio, label)
     how = f"in {p.stages} stages during " if pruner else ""
     _log(f"{data.task}: pruned {label} ratio {ratio:.3f} on {list(pc.blocks)}: "
-         f"{100 * dense:.2f} -> {100 * after_prune:.2f}; {how}retraining {fcfg.epochs} epoch(s)")
+         f"{100 * dense:.2f} -> {100 * after_prune:.2f}")
+    if pc.reconstruct:
+        errs = reconstruct(model, source, masks, calib, pc.reconstruct_damping)
+        mean = lambda k: sum(e[k] for e in errs.values()) / len(errs)  # noqa: E731
+        refit = _record(data, log, f"prune-{label}:reconstructed", "reconstructed", model, ratio, label,
+                        output_error={n: [e["masked"], e["reconstructed"]] for n, e in errs.items()})
+        _log(f"{data.task}: {label} ratio {ratio:.3f}: least-squares refit of {len(errs)} matrices "
+             f"(relative output error {mean('masked'):.4f} -> {mean('reconstructed'):.4f}): "
+             f"{100 * refit:.2f}")
+    _log(f"{data.task}: {label} ratio {ratio:.3f}: {how}retraining {fcfg.epochs} epoch(s)")
     if pruner is None:
         masks.register_gradient_hooks(model)
     score = None

@@ -10,6 +10,7 @@ from .gradual import GradualPruner, stage_config
 from .masks import PruningMasks
 from .plots import plot_delta_heatmap, plot_product_curves
 from .prune_config import CRITERIA, SCOPES, STRUCTURES, PruneConfig
+from .reconstruct import reconstruct
 from .targets import (BLOCKS, DEFAULT_EXCLUDE, FFNGroup, analog_matrices, block_of,
                       ffn_groups, find_targets, linear_weight)
 
@@ -20,5 +21,5 @@ __all__ = [
     "compact", "compute_masks", "ffn_groups", "find_targets", "linear_weight",
     "load_compacted", "mac_delta", "mac_unit_scores", "mask_context", "masks_from_weights",
     "plot_delta_heatmap", "plot_product_curves", "product_elements", "prune",
-    "removed_units", "resize_ffn", "stage_config", "unit_scores",
+    "reconstruct", "removed_units", "resize_ffn", "stage_config", "unit_scores",
 ]

@@ -55,6 +55,11 @@ class PruneConfig:
     exclude: extra regexes on module names never pruned (heads are always excluded).
     mac_eps: |y| below this is clamped to it in Δ = |w x / y|.
     admm_rho: ADMM penalty weight; None = no ADMM (prune once, then retrain with masks).
+    reconstruct: after pruning, refit the kept rows and the bias of every row-pruned matrix
+        by least squares so its outputs match the dense model's on the calibration frames
+        (`pruning.reconstruct`, ThiNet-style); structures "rows" / "columns" only.
+    reconstruct_damping: ridge of that refit toward the masked weights, relative to the
+        mean input energy (larger = closer to plain masking).
     admm_interval_steps: optimizer steps between ADMM projections (Z, U updates).
     seed: seed of the "random" criterion.
     """
@@ -71,6 +76,8 @@ class PruneConfig:
     mac_eps: float = 1e-6
     admm_rho: Optional[float] = None
     admm_interval_steps: int = 10
+    reconstruct: bool = False
+    reconstruct_damping: float = 0.01
     seed: int = 0
 
     def __post_init__(self):
@@ -122,6 +129,16 @@ class PruneConfig:
                 self.admm_interval_steps, int) or self.admm_interval_steps <= 0:
             _fail("admm_interval_steps", f"must be a positive int, got "
                                          f"{self.admm_interval_steps!r}")
+        if not isinstance(self.reconstruct, bool):
+            _fail("reconstruct", f"must be true or false, got {self.reconstruct!r}")
+        if self.reconstruct and self.structure not in ("rows", "columns"):
+            _fail("reconstruct", f"least-squares reconstruction refits whole crossbar rows; "
+                                 f"structure {self.structure!r} removes single weights or blocks "
+                                 "(use structure 'rows' or 'columns', or reconstruct: false)")
+        if isinstance(self.reconstruct_damping, bool) or not isinstance(
+                self.reconstruct_damping, (int, float)) or not self.reconstruct_damping > 0 \
+                or not math.isfinite(self.reconstruct_damping):
+            _fail("reconstruct_damping", f"must be a number > 0, got {self.reconstruct_damping!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             _fail("seed", f"must be an int, got {self.seed!r}")
 
