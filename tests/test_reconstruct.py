@@ -58,10 +58,20 @@ def test_least_squares_formula_and_damping_limit():
     masks = PruningMasks({"0": _row_mask(4, 6, [1, 4])})
     model = copy.deepcopy(dense)
     masks.apply(model)
-    reconstruct(model, dense, masks, [x[:150], x[150:]], damping=1e-12)  # two batches add up
+    reconstruct(model, dense, masks, [x[:150], x[150:]], damping=1e-12, relative=False)  # batches add up
     kept = [0, 2, 3, 5]
-    ref = torch.linalg.lstsq(x[:, kept].double(), dense(x).detach().double()).solution.T
+    y = dense(x).detach().double()
+    ref = torch.linalg.lstsq(x[:, kept].double(), y).solution.T
     torch.testing.assert_close(model[0].weight.detach()[:, kept].double(), ref, atol=1e-5, rtol=1e-5)
+    # relative (default): the same least squares on frames scaled by 1/‖y_f‖
+    rel = copy.deepcopy(dense)
+    masks.apply(rel)
+    report = reconstruct(rel, dense, masks, [x], damping=1e-12)["0"]
+    wf = 1 / y.norm(dim=1, keepdim=True)
+    ref_rel = torch.linalg.lstsq(x[:, kept].double() * wf, y * wf).solution.T
+    torch.testing.assert_close(rel[0].weight.detach()[:, kept].double(), ref_rel, atol=1e-5, rtol=1e-5)
+    resid = ((x[:, kept].double() @ ref_rel.T - y).norm(dim=1) ** 2 / y.norm(dim=1) ** 2).mean()
+    assert report["reconstructed"] == pytest.approx(resid.item(), rel=1e-6)
     stiff = copy.deepcopy(dense)
     masks.apply(stiff)
     before = stiff[0].weight.detach().clone()

@@ -144,8 +144,8 @@ class FusedInference:
             if lo:
                 out.addcmul_(y, gain)
             elif bias is not None:
-                out = torch.addcmul(bias, y, gain) if out is None \
-                    else torch.addcmul(bias, y, gain, out=out)
+                # in place on the GEMM's own output: no fresh (cold) output block
+                out = torch.addcmul(bias, y, gain, out=y if out is None else out)
             else:
                 out = y.mul_(gain) if out is None else torch.mul(y, gain, out=out)
         return out

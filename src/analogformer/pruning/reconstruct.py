@@ -9,7 +9,8 @@ For each pruned matrix, in the order the model runs them:
 
     W̃ = argmin_W  Σ_f ‖y_f − W x̃_f‖²  +  λ ‖W − W̃₀‖²,    x̃_f = [x_f[kept]; 1]
 
-where y_f is the *dense* model's output of that matrix on frame f, x_f the *pruned* model's
+(each frame weighted by 1/‖y_f‖² by default, see `reconstruct`) where y_f is the *dense*
+model's output of that matrix on frame f, x_f the *pruned* model's
 input there (so each layer also corrects the error of the layers before it), W̃₀ = [W[:, kept], b]
 the masked weights, and λ = `damping` × the mean diagonal of Σ x̃ x̃ᵀ (a ridge toward
 the masked weights: λ → ∞ changes nothing). Closed form, float64:
@@ -89,12 +90,19 @@ def _capture(model: nn.Module, module: nn.Module, batch, stop: bool, want_output
 
 @torch.no_grad()
 def reconstruct(model: nn.Module, dense: nn.Module, masks: PruningMasks, batches: Iterable,
-                damping: float = 0.01) -> Dict[str, Dict[str, float]]:
+                damping: float = 0.01, relative: bool = True) -> Dict[str, Dict[str, float]]:
     """Refit the kept rows and the bias of every row-pruned matrix of `model` (masks
     applied) to reproduce `dense`'s outputs on `batches` (dicts of model kwargs; an
-    "attention_mask" entry removes padding frames). Returns, per matrix, the relative
-    output error Σ‖y − ŷ‖² / Σ‖y‖² on the calibration frames before ("masked") and after
-    ("reconstructed") the refit, and the number of frames."""
+    "attention_mask" entry removes padding frames).
+
+    `relative` (default) weighs every frame by 1/‖y_f‖², i.e. minimises the mean relative
+    error of the frames: transformer activations have a few tokens with outputs tens of
+    times larger than the rest, which an unweighted fit serves first (on MiniLM / RTE at
+    1/3 of FC2 rows it made the model agree *less* with the dense one: 75 % of dev
+    predictions vs 83 % masked, 90 % weighted). Returns, per matrix, the relative output
+    error on the calibration frames — mean over frames of ‖y − ŷ‖²/‖y‖² (`relative`) or
+    Σ‖y − ŷ‖²/Σ‖y‖² — before ("masked") and after ("reconstructed") the refit, and the
+    number of frames."""
     if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not damping > 0:
         raise ValueError(f"reconstruct: damping must be a number > 0, got {damping!r}")
     batches = list(batches)
@@ -131,6 +139,9 @@ def reconstruct(model: nn.Module, dense: nn.Module, masks: PruningMasks, batches
                     raise ValueError(f"reconstruct: {name!r} saw {xp.shape[0]} frames in the "
                                      f"pruned model but {yd.shape[0]} in the dense one")
                 xt = torch.cat([xp[:, kept], xp.new_ones(xp.shape[0], 1)], dim=1)
+                if relative:  # every frame's error relative to its own output norm
+                    wf = yd.norm(dim=1, keepdim=True).clamp_min(1e-12).reciprocal_()
+                    xt, yd = xt * wf, yd * wf
                 A += xt.T @ xt
                 B = yd.T @ xt if B is None else B.add_(yd.T @ xt)
                 y2 += float((yd * yd).sum())
