@@ -155,27 +155,23 @@ class AnalogLinear(FusedInference, nn.Linear):
     def _output_noise(self, shape, dtype, device) -> torch.Tensor:
         """N(0, 1) of `shape`: a window of the programmed pool at a random offset in
         programmed inference, fresh draws otherwise (training: global RNG)."""
-        pool = self._noise_pool
-        n = math.prod(shape)
         if self.training or self._generator is None:
+            n = math.prod(shape)
             train_pool = self._train_noise_pool  # HWA training (HWAConfig.output_noise_pool)
             if self.training and train_pool is not None and n <= train_pool.numel():
                 start = int(torch.randint(train_pool.numel() - n + 1, (1,)))
                 return train_pool[start:start + n].view(shape)
             return torch.randn(shape, dtype=dtype, device=device)
-        if pool is None or n > pool.numel():
-            return torch.randn(shape, generator=self._generator, dtype=dtype, device=device)
-        start = self._offset_rng.randrange(pool.numel() - n + 1)
-        return pool[start:start + n].view(shape)
+        return self._programmed_noise(shape, dtype, device)
 
-    def _programmed_noise(self, shape) -> torch.Tensor:
+    def _programmed_noise(self, shape, dtype=None, device=None) -> torch.Tensor:
         """N(0, 1) of `shape` for a programmed layer, whatever its train/eval mode: a
         window of the model's output-noise pool at a seeded random offset (the same
         source as the output noise of programmed inference), fresh seeded draws when the
         pool is off or too small."""
         pool, n = self._noise_pool, math.prod(shape)
         if pool is None or n > pool.numel():
-            return torch.randn(shape, generator=self._generator)
+            return torch.randn(shape, generator=self._generator, dtype=dtype, device=device)
         start = self._offset_rng.randrange(pool.numel() - n + 1)
         return pool[start:start + n].view(shape)
 
