@@ -429,3 +429,19 @@ def test_program_and_drift_on_threads_equal_sequential():
     for seq, thr in zip(*states):
         for a, b in zip(seq, thr):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dac_bits, adc_bits", [(8, 10), (3, 6)])  # (3, 6): code/n_dac quotient is 1 − 1 ulp
+def test_fused_constants_share_the_read_weights(dac_bits, adc_bits):
+    """Programmed inference keeps no second copy of the read weights (20 B/weight holds):
+    the cached tile weights are views of `_w_read`."""
+    cfg = af.AnalogConfig(dac=DACConfig(bits=dac_bits), adc=ADCConfig(bits=adc_bits))
+    layer, _ = _layer(cfg, 100, 70)
+    layer.input_range.data.fill_(2.0)
+    with torch.no_grad():
+        af.program(nn.Sequential(layer), 0)
+        layer(torch.randn(4, 100))
+    const = layer._inference_constants()
+    assert const.alpha == 1.0
+    base = layer._w_read.untyped_storage().data_ptr()
+    assert all(w.untyped_storage().data_ptr() == base for _, _, w, _ in const.tiles)

@@ -42,6 +42,7 @@ class _Constants(NamedTuple):
     key: tuple
     r: float                     # DAC range
     n_dac: Optional[int]         # DAC levels per side (None: DAC off)
+    alpha: float                 # GEMM output -> ADC code units (1 with the DAC on)
     dac_scale: Optional[torch.Tensor]  # inputs -> DAC codes, 0-dim (None: off / "absmax")
     noise: Optional[float]       # output-noise std in code units (None: off)
     n_adc: Optional[int]         # ADC levels per side (None: ADC off)
@@ -72,11 +73,13 @@ class FusedInference:
         # "code units": ADC codes when the ADC is on, normalized outputs otherwise
         code = _levels(c.adc.bits) / c.adc.bound if c.adc.bits is not None else 1.0
         if self.programmed:  # stored pre-scaled into code units (see `_scale_read`)
-            wn, scale, alpha = self._w_read, self._out_scale, unit * code / self._w_read_scale
+            wn, scale = self._w_read, self._out_scale
+            # with the DAC on, the read weights hold the factor code / n_dac, so DAC codes ×
+            # read weights are ADC codes: exactly 1 (the float quotient is 1 − 1 ulp for some
+            # bit widths, and must not cost a pass per call)
+            alpha = 1.0 if n_dac is not None else unit * code / self._w_read_scale
         else:
             (wn, scale), alpha = self._weight_view(), unit * code
-        if alpha != 1.0:  # fold the factor into the (small) weights, not into every output
-            wn = wn * alpha
         gain = scale * (r / code)  # (K, out): codes -> output units (w_max, r, compensation)
         tiles = tuple((lo, hi, w.contiguous(), gain[k].contiguous())
                       for k, (lo, hi, w) in enumerate(self._row_tiles(wn)))
@@ -91,7 +94,7 @@ class FusedInference:
                 -1, self.out_features)
         chunk = max(64, _CHUNK_ELEMENTS // max(self.out_features, self.in_features))
         bias = None if self.bias is None else self.bias.detach()
-        const = _Constants(key, r, n_dac, dac_scale, noise, n_adc, tiles, bias, pool_rows, chunk)
+        const = _Constants(key, r, n_dac, alpha, dac_scale, noise, n_adc, tiles, bias, pool_rows, chunk)
         self._fast = const if self.programmed else None
         return const
 
@@ -117,7 +120,7 @@ class FusedInference:
 
     def _inference_rows(self, x2, const: _Constants, out):
         """`_inference_forward` for one block of rows; writes into `out` when given."""
-        _, r, n_dac, dac_scale, noise, n_adc, tiles, bias, pool_rows, _ = const
+        _, r, n_dac, alpha, dac_scale, noise, n_adc, tiles, bias, pool_rows, _ = const
         r_tok = None
         if dac_scale is not None:
             xd = torch.mul(x2, dac_scale).round_().clamp_(-n_dac, n_dac)
@@ -130,6 +133,8 @@ class FusedInference:
         single = len(tiles) == 1
         for lo, hi, w, gain in tiles:
             y = torch.mm(xd if single else xd[:, lo:hi], w)
+            if alpha != 1.0:  # DAC off: the range r is applied here, not copied into weights
+                y.mul_(alpha)
             if noise is not None:
                 if pool_rows is not None and rows <= pool_rows.shape[0]:
                     at = self._offset_rng.randrange(pool_rows.shape[0] - rows + 1)

@@ -34,10 +34,6 @@ class _Stop(Exception):
     """Ends a calibration forward once the hooked matrix has been seen."""
 
 
-def _rows_removed(masks: PruningMasks, name: str) -> bool:
-    return bool((~masks.weight[name].any(0)).any())
-
-
 def _check_row_structure(masks: PruningMasks, name: str) -> torch.Tensor:
     """The (in,) kept-row mask of a matrix whose mask removes whole input rows only."""
     m = masks.weight[name]
@@ -108,7 +104,7 @@ def reconstruct(model: nn.Module, dense: nn.Module, masks: PruningMasks, batches
     batches = list(batches)
     if not batches:
         raise ValueError("reconstruct: `batches` yielded no batch")
-    names = [n for n in masks.weight if _rows_removed(masks, n)]
+    names = [n for n in masks.weight if masks.removed_rows(n).numel()]
     if not names:
         raise ValueError("reconstruct: the masks remove no crossbar row (input); nothing to refit")
     keeps = {n: _check_row_structure(masks, n) for n in names}
