@@ -9,6 +9,7 @@ from torch import nn
 from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizer
 
 from analogformer.finetune import (FinetuneConfig, default_model_path, distillation_loss, evaluate, finetune,
+                                   hidden_distillation_loss,
                                    load_checkpoint, load_model_and_tokenizer, predict,
                                    save_checkpoint)
 from analogformer.tasks import (GlueExample, compute_metrics, encode_examples, make_loader,
@@ -195,6 +196,7 @@ def test_checkpoint_round_trip(tokenizer, tmp_path):
     ("warmup_ratio", 1.0), ("max_grad_norm", 0.0), ("max_train_examples", 0),
     ("max_eval_examples", -5), ("max_steps", 0), ("distill_weight", 1.5),
     ("distill_weight", -0.1), ("distill_temperature", 0.0), ("eval_every", 0),
+    ("distill_hidden_weight", -1.0), ("distill_hidden_weight", float("nan")),
     ("keep_best", True),  # without eval_every
 ])
 def test_config_validation_names_the_field(field, value):
@@ -247,6 +249,59 @@ def test_distillation_without_a_teacher_is_an_error(tokenizer):
     with pytest.raises(ValueError, match="distill_weight=0.5 needs a teacher"):
         finetune(tiny_model(), make_loader(train, 4, True), FinetuneConfig(distill_weight=0.5),
                  progress=False)
+
+
+def test_hidden_distillation_loss_matches_the_formula():
+    torch.manual_seed(0)
+    emb = torch.randn(2, 3, 4)
+    t = (emb, torch.randn(2, 3, 4), 5 * torch.randn(2, 3, 4))
+    s = (torch.randn(2, 3, 4), t[1] + 0.1 * torch.randn(2, 3, 4), t[2] + torch.randn(2, 3, 4))
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    keep = mask.bool()
+    rel = [((a - b)[keep] ** 2).sum() / (b[keep] ** 2).sum() for a, b in zip(s[1:], t[1:])]
+    torch.testing.assert_close(hidden_distillation_loss(s, t, mask), torch.stack(rel).mean())
+    # the embedding output (first entry) does not count; padding does not either
+    s2 = (s[0] + 100,) + tuple(torch.where(keep[..., None], h, h + 100) for h in s[1:])
+    torch.testing.assert_close(hidden_distillation_loss(s2, t, mask), torch.stack(rel).mean())
+    assert hidden_distillation_loss(t, t).item() == 0.0
+    with pytest.raises(ValueError, match="as many layers"):
+        hidden_distillation_loss(s[:2], t)
+    with pytest.raises(ValueError, match="same hidden-state shape"):
+        hidden_distillation_loss((emb, s[1][..., :2], s[2]), t)
+
+
+def test_hidden_distillation_pulls_every_layer_to_the_teacher(tokenizer):
+    train = encode_examples(toy_examples(48), tokenizer)
+    batch = next(iter(make_loader(train, 48, shuffle=False)))
+    teacher = tiny_model(seed=3).eval()
+
+    def gap(student):
+        with torch.no_grad():
+            hs = student.eval()(**batch, output_hidden_states=True).hidden_states
+            ht = teacher(**batch, output_hidden_states=True).hidden_states
+        return hidden_distillation_loss(hs, ht, batch["attention_mask"]).item()
+    before = gap(tiny_model(seed=4))
+    after = {}
+    for w in (0.0, 1.0):  # same data, order and seed; with and without the hidden term
+        student = tiny_model(seed=4)
+        cfg = FinetuneConfig(learning_rate=3e-3, epochs=6, batch_size=16, distill_hidden_weight=w)
+        finetune(student, make_loader(train, 16, True, seed=0), cfg, progress=False,
+                 teacher=teacher)
+        after[w] = gap(student)
+    assert after[1.0] < 0.5 * before and after[1.0] < 0.5 * after[0.0]
+    # the loss is the task loss plus the hidden term: with the student equal to a dropout-free
+    # teacher, the first step's loss is the task loss alone
+    model = BertForSequenceClassification(tiny_config(num_labels=2, hidden_dropout_prob=0.0,
+                                                      attention_probs_dropout_prob=0.0))
+    first = next(iter(make_loader(train, 16, True, seed=0)))
+    with torch.no_grad():
+        task_loss = model.eval()(**first).loss.item()
+    cfg = FinetuneConfig(learning_rate=1e-3, epochs=1, batch_size=16, distill_hidden_weight=2.0)
+    history = finetune(model, make_loader(train, 16, True, seed=0), cfg, progress=False,
+                       teacher=copy.deepcopy(model))
+    assert history.losses[0] == pytest.approx(task_loss, rel=1e-6)
+    with pytest.raises(ValueError, match="distill_hidden_weight=2.0 needs a teacher"):
+        finetune(model, make_loader(train, 16, True), cfg, progress=False)
 
 
 def _state(model):

@@ -159,8 +159,8 @@ def test_pruning_step_in_study(setup):
     cfg_path = _config(root, glue, model_dir, tasks=["sst2"], conditions=["digital", "pruned"],
                        pruning={"prune": {"criterion": "mac", "structure": "rows", "blocks": ["fc2"],
                                           "ratio": 0.25},
-                                # retrained with the dense model as distillation teacher
-                                "calibration_batches": 2, "retrain": {"epochs": 1, "distill_weight": 0.5}})
+                                # retrained with the dense model as (layer-wise) distillation teacher
+                                "calibration_batches": 2, "retrain": {"epochs": 1, "distill_hidden_weight": 1.0}})
     out = root / "out_prune"
     assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
     recs = _records(out)

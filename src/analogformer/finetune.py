@@ -5,7 +5,9 @@
 were replaced by subclasses with extra Parameters (AnalogLinear) train unchanged, and an
 ``after_step(model)`` hook runs after every optimizer step (weight clipping, pruning masks).
 With ``distill_weight > 0`` a frozen ``teacher`` (e.g. the digital model before HWA
-fine-tuning, or the dense model before pruning) adds a knowledge-distillation term.
+fine-tuning, or the dense model before pruning) adds a knowledge-distillation term on the
+logits; with ``distill_hidden_weight > 0`` one on every transformer layer's output (layer-wise
+distillation, as TinyBERT / CoFi pruning use to recover pruned models).
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from tqdm.auto import tqdm
 from .tasks.glue import get_task
 from .tasks.metrics import compute_metrics, predictions_from_logits
 
-__all__ = ["FinetuneConfig", "FinetuneHistory", "distillation_loss", "default_model_path", "load_model_and_tokenizer",
+__all__ = ["FinetuneConfig", "FinetuneHistory", "distillation_loss", "hidden_distillation_loss",
+           "default_model_path", "load_model_and_tokenizer",
            "finetune", "total_steps", "predict", "evaluate", "save_checkpoint", "load_checkpoint"]
 
 
@@ -81,6 +84,10 @@ class FinetuneConfig:
     # output for regression tasks). 0 = off.
     distill_weight: float = 0.0
     distill_temperature: float = 2.0
+    # Layer-wise distillation: + w_h * mean over the transformer layers of the relative squared
+    # error ||h_student - h_teacher||^2 / ||h_teacher||^2 of each layer's output hidden states
+    # (real tokens only). Needs the same hidden size in both (true for FFN / row pruning). 0 = off.
+    distill_hidden_weight: float = 0.0
     # Dev-set model selection: `finetune(..., score=)` is evaluated at the start, every
     # `eval_every` optimizer steps and at the end; with `keep_best` the best-scoring state is
     # restored at the end (as the HF Trainer's load_best_model_at_end). None = no evaluations.
@@ -104,6 +111,9 @@ class FinetuneConfig:
         if not 0 <= self.distill_weight <= 1:
             raise ValueError(f"distill_weight must be in [0, 1] (0 = no distillation), "
                              f"got {self.distill_weight}")
+        if not (self.distill_hidden_weight >= 0 and math.isfinite(self.distill_hidden_weight)):
+            raise ValueError(f"distill_hidden_weight must be a finite number >= 0 (0 = off), "
+                             f"got {self.distill_hidden_weight}")
         if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
             raise ValueError(f"distill_temperature must be a finite number > 0, "
                              f"got {self.distill_temperature}")
@@ -116,6 +126,11 @@ class FinetuneConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be an int >= 1 or None (no cap), got {value!r}")
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether `finetune` needs a teacher model (either distillation term is on)."""
+        return self.distill_weight > 0 or self.distill_hidden_weight > 0
 
 
 @dataclass
@@ -169,6 +184,33 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
                                       reduction="batchmean", log_target=True) * t * t
 
 
+def hidden_distillation_loss(student_hidden: tuple[torch.Tensor, ...],
+                             teacher_hidden: tuple[torch.Tensor, ...],
+                             attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over transformer layers of ``||h_s - h_t||^2 / ||h_t||^2`` on real tokens.
+
+    Takes the ``hidden_states`` tuples of HF models (embedding output first, then one per
+    layer); the embedding output is skipped. Relative per layer, so layers whose hidden
+    states are large (BERT's outlier dimensions grow with depth) do not drown the others.
+    """
+    if len(student_hidden) != len(teacher_hidden):
+        raise ValueError(f"layer-wise distillation needs as many layers in the student as in "
+                         f"the teacher, got {len(student_hidden) - 1} and {len(teacher_hidden) - 1}")
+    losses = []
+    for s, t in zip(student_hidden[1:], teacher_hidden[1:]):
+        if s.shape != t.shape:
+            raise ValueError(f"layer-wise distillation needs the same hidden-state shape in "
+                             f"student and teacher, got {tuple(s.shape)} and {tuple(t.shape)} "
+                             "(pruning that changes the hidden size cannot use distill_hidden_weight)")
+        t = t.detach().to(s.dtype)
+        err, ref = (s - t).square().sum(-1), t.square().sum(-1)
+        if attention_mask is not None:
+            keep = attention_mask.to(s.dtype)
+            err, ref = err * keep, ref * keep
+        losses.append(err.sum() / ref.sum().clamp_min(torch.finfo(s.dtype).tiny))
+    return torch.stack(losses).mean()
+
+
 def total_steps(cfg: FinetuneConfig, train_loader) -> int:
     """Optimizer steps `finetune` takes: `epochs` passes over the loader, capped by `max_steps`."""
     total = cfg.epochs * len(train_loader)
@@ -194,14 +236,17 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
     ``cfg.eval_every`` is set; it runs with torch's RNG state saved and restored, so the
     training trajectory is the same with or without evaluations.
     """
-    distill = cfg.distill_weight > 0
+    distill, hidden = cfg.distill_weight > 0, cfg.distill_hidden_weight > 0
     if distill and teacher is None:
         raise ValueError(f"distill_weight={cfg.distill_weight} needs a teacher model: pass "
                          "finetune(..., teacher=model) or set distill_weight: 0")
+    if hidden and teacher is None:
+        raise ValueError(f"distill_hidden_weight={cfg.distill_hidden_weight} needs a teacher "
+                         "model: pass finetune(..., teacher=model) or set distill_hidden_weight: 0")
     if cfg.eval_every is not None and score is None:
         raise ValueError(f"eval_every={cfg.eval_every} needs a score function: pass "
                          "finetune(..., score=lambda m: dev metric) or set eval_every: null")
-    if distill:
+    if distill or hidden:
         teacher.eval()
     torch.manual_seed(cfg.seed)
     total = total_steps(cfg, train_loader)
@@ -231,13 +276,18 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
     while history.steps < total:
         for batch in train_loader:
             batch = _to(batch, device)
-            output = model(**batch)
+            output = model(**batch, output_hidden_states=True) if hidden else model(**batch)
             loss = output.loss
-            if distill:
+            if distill or hidden:
                 with torch.no_grad():
-                    target = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
-                soft = distillation_loss(output.logits, target, cfg.distill_temperature)
+                    target = teacher(**{k: v for k, v in batch.items() if k != "labels"},
+                                     output_hidden_states=hidden)
+            if distill:
+                soft = distillation_loss(output.logits, target.logits, cfg.distill_temperature)
                 loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * soft
+            if hidden:
+                loss = loss + cfg.distill_hidden_weight * hidden_distillation_loss(
+                    output.hidden_states, target.hidden_states, batch.get("attention_mask"))
             if extra_loss is not None:
                 loss = loss + extra_loss(model)
             optimizer.zero_grad(set_to_none=True)

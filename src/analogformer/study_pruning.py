@@ -109,7 +109,7 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
     model = copy.deepcopy(source).eval()
     dense = _record(data, log, "prune:dense", "dense", model, 0.0, p.source)
     fcfg = cfg.finetune_for(data.task, p.retrain)
-    teacher = source if fcfg.distill_weight > 0 else None  # the dense model distils into the pruned one
+    teacher = source if fcfg.needs_teacher else None  # the dense model distils into the pruned one
     loader = data.train_loader(fcfg.batch_size, fcfg.seed + 13)
     pruner = None
     if pc.admm_rho is not None:
@@ -169,7 +169,7 @@ def _control(cfg, data, source: nn.Module, log: RecordLog, progress: bool) -> No
     model = copy.deepcopy(source).eval()
     _log(f"{data.task}: control: the dense model retrained with the pruning recipe")
     hist = finetune(model, data.train_loader(fcfg.batch_size, fcfg.seed + 13), fcfg, progress=progress,
-                    teacher=source if fcfg.distill_weight > 0 else None,
+                    teacher=source if fcfg.needs_teacher else None,
                     score=(lambda m: dev_headline(data, m)) if fcfg.eval_every else None)
     log_evals(data.task, "control retraining", hist)
     value = _record(data, log, "prune-none:retrained", "retrained", model, 0.0, "none", **_selection(hist))
