@@ -353,6 +353,25 @@ def test_nan_input_caught_in_programmed_inference_and_inf_saturates():
         af.reseed_noise(nn.Sequential(layer), 1); y_inf = layer(big)
         af.reseed_noise(nn.Sequential(layer), 1); y_sat = layer(sat)
     assert torch.equal(y_inf, y_sat)  # +inf saturates the DAC exactly like any value above r
+    with torch.no_grad():  # non-contiguous and 3-D inputs are checked too
+        bad = x.clone().t().contiguous().t()
+        bad[1, 3] = float("nan")
+        with pytest.raises(ValueError, match="NaN"):
+            layer(bad)
+        with pytest.raises(ValueError, match="NaN"):
+            layer(bad.contiguous().view(2, 3, 100))
+
+
+@pytest.mark.parametrize("dac", [DACConfig(bits=None), DACConfig(input_scaling="absmax")])
+def test_nan_input_caught_without_a_static_dac(dac):
+    """DAC off or per-token ranges: the outputs are what is checked (±inf may become NaN)."""
+    layer, _ = _layer(af.AnalogConfig(dac=dac, tile=TileConfig(rows=40, cols=16)), 100, 30)
+    x = torch.randn(6, 100)
+    x[5, 99] = float("nan")
+    with torch.no_grad():
+        af.program(nn.Sequential(layer), 0)
+        with pytest.raises(ValueError, match="NaN"):
+            layer(x)
 
 
 def test_absmax_input_scaling_is_scale_invariant_per_token():
