@@ -16,6 +16,7 @@ from torch import nn
 
 from .mac import LayerStats, MacStats
 from .masks import PruningMasks
+from .obs import greedy_row_order
 from .prune_config import PruneConfig
 from .targets import FFNGroup, analog_matrices, ffn_groups, find_targets, linear_weight
 
@@ -39,18 +40,29 @@ def _expand_blocks(keep: torch.Tensor, block_shape: Tuple[int, int],
 
 def unit_scores(weight: torch.Tensor, cfg: PruneConfig,
                 stats: Optional[LayerStats] = None,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                generator: Optional[torch.Generator] = None,
+                ratio: Optional[float] = None, has_bias: bool = True) -> torch.Tensor:
     """Importance of each unit of `weight` (out, in) for cfg.criterion / cfg.structure.
 
     Shapes: rows -> (in,), columns -> (out,), irregular -> (out, in),
     blocks -> (ceil(out/cols), ceil(in/rows)) for block_shape = (rows, cols).
-    "random" draws from `generator` (default: one seeded with cfg.seed).
+    "random" draws from `generator` (default: one seeded with cfg.seed). "obs" is greedy:
+    its scores rank the round(`ratio`·in) rows it removes (default `cfg.ratio`) lowest, in
+    removal order; `has_bias` says whether the matrix's bias is refit with the rows.
     """
     w = weight.detach().double()
     crit, struct = cfg.criterion, cfg.structure
-    if crit in ("mac", "activation") and stats is None:
+    if crit in ("mac", "obs", "activation") and stats is None:
         raise ValueError(f"criterion {crit!r} needs calibration statistics: pass "
                          "stats=calibrate(model, batches, cfg)")
+    if crit == "obs":
+        if stats.gram is None:
+            raise ValueError("criterion 'obs' needs the calibration Gram matrices: pass "
+                             "stats=calibrate(model, batches, cfg) with cfg.criterion 'obs' "
+                             "(or calibrate(..., gram=True))")
+        count = int(round((cfg.ratio if ratio is None else ratio) * w.shape[1]))
+        return greedy_row_order(w, stats.gram, min(count, w.shape[1] - 1),
+                                cfg.reconstruct_damping, has_bias)
     if crit == "mac":
         return (stats.row_score if struct == "rows" else stats.col_score).double()
     if crit == "random":
@@ -174,7 +186,8 @@ def masks_from_weights(weights: Dict[str, torch.Tensor], blocks: Dict[str, str],
     gen = torch.Generator().manual_seed(cfg.seed)  # "random": one stream over the matrices in order
     for lead, members in joint.items():
         s = sum(unit_scores(weights[n], cfg, stats[n] if stats is not None and n in stats
-                            else None, generator=gen) for n in members)
+                            else None, generator=gen, ratio=cfg.ratio_for(blocks[lead]),
+                            has_bias=has_bias.get(n, True)) for n in members)
         if previous is not None and lead in previous.weight:
             s = s.masked_fill(removed_units(previous.weight[lead], cfg), -math.inf)
         by_block.setdefault(blocks[lead], []).append((members, s))

@@ -74,6 +74,8 @@ class LayerStats:
     frames: int = 0
     calls: int = 0
     delta: Optional[torch.Tensor] = None  # (out, in) only if requested
+    # (in + 1, in + 1) Σ_f x̃x̃ᵀ/‖y_f‖², x̃ = [x; 1]: only for criterion "obs" (see obs.py)
+    gram: Optional[torch.Tensor] = None
 
     @property
     def input_norm(self) -> torch.Tensor:
@@ -98,8 +100,9 @@ class MacStats:
         return name in self.layers
 
     def update(self, name: str, weight: torch.Tensor, x: torch.Tensor,
-               keep_delta: bool = False) -> None:
-        """Add frames x (F, in) seen by matrix `name` with weight (out, in)."""
+               keep_delta: bool = False, y: Optional[torch.Tensor] = None) -> None:
+        """Add frames x (F, in) seen by matrix `name` with weight (out, in); with the
+        matrix's outputs y (F, out) also the frame-weighted Gram matrix of [x; 1]."""
         if x.numel() == 0:
             return
         rows, cols = mac_unit_scores(weight, x, self.eps)
@@ -116,6 +119,11 @@ class MacStats:
         if keep_delta:
             d = mac_delta(weight, x, self.eps)
             st.delta = d if st.delta is None else st.delta + d
+        if y is not None:
+            xt = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+            xt = xt * y.norm(dim=1, keepdim=True).clamp_min(1e-12).reciprocal()
+            g = xt.T @ xt
+            st.gram = g if st.gram is None else st.gram.add_(g)
 
 
 def _resolve(model: nn.Module, modules) -> Dict[str, nn.Module]:
@@ -153,14 +161,19 @@ def calibrate(model: nn.Module, batches: Iterable,
               modules: Union[None, PruneConfig, Sequence[str]] = None,
               keep_delta: Sequence[str] = (), eps: float = 1e-6,
               dtype: torch.dtype = torch.float64,
-              max_batches: Optional[int] = None) -> MacStats:
+              max_batches: Optional[int] = None, gram: Optional[bool] = None) -> MacStats:
     """Run `batches` through `model` and accumulate MAC statistics with forward hooks.
 
     `batches`: dicts passed as `model(**batch)` (an "attention_mask" entry removes padding
     frames) or tensors passed as `model(batch)`. `modules`: None = every analog matrix,
     a PruneConfig = its target blocks, or a list of module names. `keep_delta` names the
-    matrices whose full Δ is kept (memory out × in each). Computation in `dtype`.
+    matrices whose full Δ is kept (memory out × in each). `gram` also accumulates each
+    matrix's frame-weighted input Gram matrix (memory (in + 1)² × 8 B each; the "obs"
+    criterion's statistics); None = when `modules` is a PruneConfig with criterion "obs".
+    Computation in `dtype`.
     """
+    if gram is None:
+        gram = isinstance(modules, PruneConfig) and modules.criterion == "obs"
     targets = _resolve(model, modules)
     keep = set(keep_delta)
     unknown = keep - set(targets)
@@ -172,9 +185,10 @@ def calibrate(model: nn.Module, batches: Iterable,
     handles = []
 
     def make_hook(name: str, mod: nn.Module):
-        def hook(_m, inputs, _out):
+        def hook(_m, inputs, out):
             x = _frames(inputs[0].detach(), state["mask"]).to(dtype)
-            stats.update(name, linear_weight(mod).detach().to(dtype), x, name in keep)
+            y = _frames(out.detach(), state["mask"]).to(dtype) if gram else None
+            stats.update(name, linear_weight(mod).detach().to(dtype), x, name in keep, y)
         return hook
 
     for name, mod in targets.items():

@@ -7,13 +7,14 @@ from typing import Dict, Optional, Tuple
 
 from .targets import BLOCKS
 
-CRITERIA = ("mac", "magnitude", "l1", "l2", "activation", "random")
+CRITERIA = ("mac", "obs", "magnitude", "l1", "l2", "activation", "random")
 STRUCTURES = ("rows", "columns", "irregular", "blocks")
 SCOPES = ("layer", "global")
 
 # criterion -> structures it is defined for
 _ALLOWED = {
     "mac": ("rows", "columns"),          # seed 000: row (input) contribution; columns by symmetry
+    "obs": ("rows",),                    # least-squares replaceability of a row (obs.py)
     "magnitude": ("irregular", "rows", "columns", "blocks"),  # |w|; structured: sum of |w| (= l1)
     "l1": ("rows", "columns", "blocks"),
     "l2": ("rows", "columns", "blocks"),  # seed 003: row/column L2 norm, whole blocks
@@ -38,6 +39,9 @@ class PruneConfig:
     """Pruning settings (SPEC §4.4–4.5).
 
     criterion: "mac" (seed 000 MAC contribution, needs calibration statistics),
+        "obs" (structured Optimal Brain Surgeon: rows removed greedily by how badly the
+        other rows can make up for them by least squares on the calibration frames — the
+        criterion to pair with `reconstruct`; rows only, scope "layer"),
         "magnitude" (|w|, irregular), "l1" / "l2" (norm of a row, column or block),
         "activation" (|W_ij|·‖x_j‖₂ summed over the unit; needs calibration statistics),
         "random" (uniform random scores drawn from `seed`: the control every criterion must beat).
@@ -90,6 +94,9 @@ class PruneConfig:
                                f"{list(_ALLOWED[self.criterion])}, got {self.structure!r}")
         if self.scope not in SCOPES:
             _fail("scope", f"must be one of {list(SCOPES)}, got {self.scope!r}")
+        if self.criterion == "obs" and self.scope != "layer":
+            _fail("scope", "criterion 'obs' removes rows greedily within each matrix; "
+                           "use scope 'layer' (its scores do not rank across matrices)")
         if isinstance(self.blocks, str):
             self.blocks = (self.blocks,)
         self.blocks = tuple(self.blocks)
@@ -149,4 +156,4 @@ class PruneConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.criterion in ("mac", "activation")
+        return self.criterion in ("mac", "obs", "activation")

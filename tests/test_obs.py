@@ -1,0 +1,120 @@
+"""Structured OBS row criterion: greedy least-squares replaceability of crossbar rows."""
+import pytest
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from analogformer.pruning import PruneConfig, calibrate, compute_masks, reconstruct, prune
+from analogformer.pruning.mac import MacStats
+from analogformer.pruning.obs import greedy_row_order
+
+FC2 = "encoder.layer.{}.output.dense"
+
+
+def gram_of(x, y):
+    xt = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1) / y.norm(dim=1, keepdim=True)
+    return xt.T @ xt
+
+
+def refit_error(w, b, x, keep):
+    """Weighted least-squares error of refitting the kept rows + bias to y = x Wᵀ + b."""
+    y = x @ w.T + b
+    wf = 1 / y.norm(dim=1, keepdim=True)
+    xt = torch.cat([x[:, keep], torch.ones(x.shape[0], 1, dtype=x.dtype)], 1) * wf
+    sol = torch.linalg.lstsq(xt, y * wf).solution
+    return float(((xt @ sol - y * wf) ** 2).sum())
+
+
+def test_greedy_obs_matches_brute_force_least_squares():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 6, generator=g, dtype=torch.float64)
+    x[:, 4] = 0.7 * x[:, 1] - 0.2 * x[:, 3] + 0.05 * torch.randn(400, generator=g, dtype=torch.float64)
+    w = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    b = torch.randn(3, generator=g, dtype=torch.float64)
+    h = gram_of(x, x @ w.T + b)
+    scores = greedy_row_order(w, h, count=3, damping=1e-9)
+    order = torch.argsort(scores)[:3].tolist()
+    removed = []
+    for step in range(3):  # each greedy step removes the row whose loss least squares can least replace
+        errs = {j: refit_error(w, b, x, [k for k in range(6) if k not in removed + [j]])
+                for j in range(6) if j not in removed}
+        best = min(errs, key=errs.get)
+        assert order[step] == best
+        removed.append(best)
+    assert scores[order].tolist() == [0.0, 1.0, 2.0] and (scores[[k for k in range(6) if k not in order]] >= 3).all()
+
+
+def test_obs_removes_a_redundant_row_magnitude_and_mac_keep():
+    """Input 1 duplicates input 0: either row can take over the other's weights exactly, so
+    OBS removes one of them although both have large weights and contributions; the weak
+    independent input 3 is what MAC and magnitude remove."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 4, generator=g, dtype=torch.float64)
+    x[:, 1] = x[:, 0]
+    w = torch.tensor([[2.0, 1.5, -1.0, 0.05], [1.0, 2.0, 0.5, -0.05]], dtype=torch.float64)
+    b = torch.zeros(2, dtype=torch.float64)
+    st = MacStats()
+    st.update("m", w, x, y=x @ w.T + b)
+    obs = torch.argsort(greedy_row_order(w, st["m"].gram, 1, damping=1e-9))[0].item()
+    assert obs in (0, 1)
+    assert torch.argmin(st["m"].row_score).item() == 3 and torch.argmin(w.abs().sum(0)).item() == 3
+    assert refit_error(w, b, x, [k for k in range(4) if k != obs]) < 1e-20
+
+
+def test_calibrate_accumulates_the_weighted_gram_of_the_real_frames():
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 3).double()
+    xs = [torch.randn(2, 4, 5, dtype=torch.float64) for _ in range(2)]
+    stats = calibrate(nn.Sequential(lin), xs, ["0"], gram=True)
+    x = torch.cat([t.reshape(-1, 5) for t in xs])
+    with torch.no_grad():
+        torch.testing.assert_close(stats["0"].gram, gram_of(x, lin(x)))
+    assert calibrate(nn.Sequential(lin), xs, ["0"])["0"].gram is None  # off by default
+
+
+def tiny_bert(seed=0):
+    torch.manual_seed(seed)
+    return BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=2, intermediate_size=64,
+                                max_position_embeddings=64)).eval()
+
+
+def test_obs_rows_on_bert_couple_fc1_and_fit_better_than_mac_after_reconstruct():
+    model = tiny_bert()
+    batches = [{"input_ids": torch.randint(1, 100, (4, 16), generator=torch.Generator().manual_seed(k)),
+                "attention_mask": torch.ones(4, 16, dtype=torch.long)} for k in range(4)]
+    cfg = PruneConfig(criterion="obs", ratio=0.25, reconstruct=True)
+    stats = calibrate(model, batches, cfg)
+    assert stats[FC2.format(0)].gram.shape == (65, 65)
+    masks = compute_masks(model, cfg, stats)
+    for layer in range(2):
+        gone = masks.removed_rows(FC2.format(layer))
+        assert len(gone) == 16
+        fc1 = masks.weight[f"encoder.layer.{layer}.intermediate.dense"]
+        assert not fc1[gone].any() and fc1[[k for k in range(64) if k not in gone.tolist()]].all()
+    errs = {}
+    for crit in ("mac", "obs"):
+        c = PruneConfig(criterion=crit, ratio=0.25)
+        pruned = tiny_bert()
+        m = prune(pruned, c, calibrate(pruned, batches, c))
+        report = reconstruct(pruned, model, m, batches)
+        errs[crit] = sum(r["reconstructed"] for r in report.values())
+    assert errs["obs"] < errs["mac"]
+
+
+def test_obs_errors_name_the_problem():
+    with pytest.raises(ValueError, match="PruneConfig.structure"):
+        PruneConfig(criterion="obs", structure="columns")
+    with pytest.raises(ValueError, match="PruneConfig.scope"):
+        PruneConfig(criterion="obs", scope="global")
+    model = tiny_bert()
+    batches = [{"input_ids": torch.randint(1, 100, (2, 8))}]
+    no_gram = calibrate(model, batches, PruneConfig(criterion="mac"))
+    with pytest.raises(ValueError, match="Gram"):
+        compute_masks(model, PruneConfig(criterion="obs"), no_gram)
+    with pytest.raises(ValueError, match="needs calibration"):
+        compute_masks(model, PruneConfig(criterion="obs"))
+    with pytest.raises(ValueError, match=r"\(9, 9\)"):
+        greedy_row_order(torch.ones(2, 8), torch.eye(4), 1)
+    with pytest.raises(ValueError, match="0 to 7"):
+        greedy_row_order(torch.ones(2, 8), torch.eye(9), 8)
