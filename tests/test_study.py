@@ -254,14 +254,16 @@ def test_least_squares_reconstruction_in_study(setup):
     cfg_path = _config(root, glue, model_dir, tasks=["sst2"], conditions=["digital", "pruned-digital"],
                        pruning={"prune": {"criterion": "mac", "structure": "rows", "blocks": ["fc2"],
                                           "ratio": 0.5, "reconstruct": True},
-                                "baselines": [{"reconstruct": False}],
+                                "baselines": [{"reconstruct": False}, {"criterion": "obs"}],
                                 "calibration_batches": 2, "retrain": {"epochs": 1}})
     out = root / "out_prune_ls"
     assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
     recs = _records(out)
     by = {r["condition"]: r for r in recs if "stage" in r}
     assert set(by) == {"prune:dense", "prune-mac-rows-ls:pruned", "prune-mac-rows-ls:reconstructed",
-                       "prune-mac-rows-ls:retrained", "prune-mac-rows:pruned", "prune-mac-rows:retrained"}
+                       "prune-mac-rows-ls:retrained", "prune-mac-rows:pruned", "prune-mac-rows:retrained",
+                       "prune-obs-rows-ls:pruned", "prune-obs-rows-ls:reconstructed",
+                       "prune-obs-rows-ls:retrained"}  # OBS rows (Gram statistics) as a baseline
     fit = by["prune-mac-rows-ls:reconstructed"]
     assert fit["stage"] == "reconstructed" and fit["prune_ratio"] == 0.5
     errs = fit["output_error"]
