@@ -338,8 +338,10 @@ def _sections(d: Path, st: _Study, records, skipped, title) -> list[tuple]:
         B += [("h", 2, "Pruning"),
               ("p", "Digital headline metric (points) of each pruning method and ratio: the dense model, "
                     "right after pruning, and after retraining with the masks held. Methods are "
-                    "<criterion>-<structure> (mac = seed 000 MAC contribution, magnitude / l1 / l2 = "
-                    "weight norms, random = the chance baseline); the pruned models on tiles are the "
+                    "<criterion>-<structure> (mac = seed 000 MAC contribution, obs = structured "
+                    "Optimal Brain Surgeon (rows the others can least replace by least squares), "
+                    "magnitude / l1 / l2 = weight norms, random = the chance baseline; -ls = "
+                    "least-squares refit after pruning); the pruned models on tiles are the "
                     "`pruned` conditions of the time tables above."
                     + (" Method `none` is the control: the dense model retrained with the same recipe."
                        if any(r["condition"] == "prune-none:retrained" for r in st.prune_rows) else "")
