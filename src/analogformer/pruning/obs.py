@@ -47,7 +47,7 @@ def greedy_row_order(weight: torch.Tensor, gram: torch.Tensor, count: Optional[i
     lam = damping * float(h.diagonal().mean())
     hinv = torch.linalg.inv(h + lam * torch.eye(h.shape[0], dtype=torch.float64, device=h.device))
     alive = torch.ones(n, dtype=torch.bool, device=w.device)
-    scores = torch.full((n,), float(count), dtype=torch.float64)
+    scores = torch.full((n,), float(count), dtype=torch.float64, device=w.device)
     for step in range(count):
         err = (w[:, :n] * w[:, :n]).sum(0) / hinv.diagonal()[:n].clamp_min(1e-300)
         err.masked_fill_(~alive, float("inf"))
@@ -62,5 +62,5 @@ def greedy_row_order(weight: torch.Tensor, gram: torch.Tensor, count: Optional[i
     # kept rows: above every removed one, ordered by their error at the end (ties: stable)
     if count:
         rest = (w[:, :n] * w[:, :n]).sum(0) / hinv.diagonal()[:n].clamp_min(1e-300)
-        scores[alive] = count + rest[alive].cpu() / (1 + rest[alive].max().cpu())
+        scores[alive] = count + rest[alive] / (1 + rest[alive].max())
     return scores
