@@ -246,7 +246,7 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
     if cfg.eval_every is not None and score is None:
         raise ValueError(f"eval_every={cfg.eval_every} needs a score function: pass "
                          "finetune(..., score=lambda m: dev metric) or set eval_every: null")
-    if distill or hidden:
+    if cfg.needs_teacher:
         teacher.eval()
     torch.manual_seed(cfg.seed)
     total = total_steps(cfg, train_loader)
@@ -278,7 +278,7 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
             batch = _to(batch, device)
             output = model(**batch, output_hidden_states=True) if hidden else model(**batch)
             loss = output.loss
-            if distill or hidden:
+            if cfg.needs_teacher:
                 with torch.no_grad():
                     target = teacher(**{k: v for k, v in batch.items() if k != "labels"},
                                      output_hidden_states=hidden)

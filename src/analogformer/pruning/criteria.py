@@ -52,7 +52,7 @@ def unit_scores(weight: torch.Tensor, cfg: PruneConfig,
     """
     w = weight.detach().double()
     crit, struct = cfg.criterion, cfg.structure
-    if crit in ("mac", "obs", "activation") and stats is None:
+    if cfg.needs_calibration and stats is None:
         raise ValueError(f"criterion {crit!r} needs calibration statistics: pass "
                          "stats=calibrate(model, batches, cfg)")
     if crit == "obs":

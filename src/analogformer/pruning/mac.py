@@ -121,9 +121,17 @@ class MacStats:
             st.delta = d if st.delta is None else st.delta + d
         if y is not None:
             xt = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
-            xt = xt * y.norm(dim=1, keepdim=True).clamp_min(1e-12).reciprocal()
+            xt = xt * relative_frame_weights(y)
             g = xt.T @ xt
             st.gram = g if st.gram is None else st.gram.add_(g)
+
+
+def relative_frame_weights(y: torch.Tensor) -> torch.Tensor:
+    """(F, 1) weights 1/‖y_f‖² of the frames' squared errors, as square roots 1/‖y_f‖ to
+    multiply frames by: the weighting shared by the OBS Gram (`update(..., y=)`) and the
+    least-squares refit (`reconstruct`), so that the criterion and the refit minimise the
+    same error."""
+    return y.norm(dim=1, keepdim=True).clamp_min(1e-12).reciprocal_()
 
 
 def _resolve(model: nn.Module, modules) -> Dict[str, nn.Module]:

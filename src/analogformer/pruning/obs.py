@@ -48,9 +48,11 @@ def greedy_row_order(weight: torch.Tensor, gram: torch.Tensor, count: Optional[i
     hinv = torch.linalg.inv(h + lam * torch.eye(h.shape[0], dtype=torch.float64, device=h.device))
     alive = torch.ones(n, dtype=torch.bool, device=w.device)
     scores = torch.full((n,), float(count), dtype=torch.float64, device=w.device)
+    def errors() -> torch.Tensor:  # ε_j of every row at the current W, H⁻¹
+        return (w[:, :n] * w[:, :n]).sum(0) / hinv.diagonal()[:n].clamp_min(1e-300)
+
     for step in range(count):
-        err = (w[:, :n] * w[:, :n]).sum(0) / hinv.diagonal()[:n].clamp_min(1e-300)
-        err.masked_fill_(~alive, float("inf"))
+        err = errors().masked_fill_(~alive, float("inf"))
         j = int(err.argmin())
         col = hinv[:, j].clone()  # H⁻¹ is symmetric: row j = column j
         d = float(col[j])
@@ -61,6 +63,6 @@ def greedy_row_order(weight: torch.Tensor, gram: torch.Tensor, count: Optional[i
         scores[j] = step
     # kept rows: above every removed one, ordered by their error at the end (ties: stable)
     if count:
-        rest = (w[:, :n] * w[:, :n]).sum(0) / hinv.diagonal()[:n].clamp_min(1e-300)
+        rest = errors()
         scores[alive] = count + rest[alive] / (1 + rest[alive].max())
     return scores

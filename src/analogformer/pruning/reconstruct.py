@@ -25,7 +25,7 @@ from typing import Dict, Iterable, List
 import torch
 from torch import nn
 
-from .mac import _frames, _run
+from .mac import _frames, _run, relative_frame_weights
 from .masks import PruningMasks
 from .targets import linear_weight
 
@@ -136,7 +136,7 @@ def reconstruct(model: nn.Module, dense: nn.Module, masks: PruningMasks, batches
                                      f"pruned model but {yd.shape[0]} in the dense one")
                 xt = torch.cat([xp[:, kept], xp.new_ones(xp.shape[0], 1)], dim=1)
                 if relative:  # every frame's error relative to its own output norm
-                    wf = yd.norm(dim=1, keepdim=True).clamp_min(1e-12).reciprocal_()
+                    wf = relative_frame_weights(yd)
                     xt, yd = xt * wf, yd * wf
                 A += xt.T @ xt
                 B = yd.T @ xt if B is None else B.add_(yd.T @ xt)
