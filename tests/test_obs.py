@@ -99,7 +99,7 @@ def test_obs_rows_on_bert_couple_fc1_and_fit_better_than_mac_after_reconstruct()
         m = prune(pruned, c, calibrate(pruned, batches, c))
         report = reconstruct(pruned, model, m, batches)
         errs[crit] = sum(r["reconstructed"] for r in report.values())
-    assert errs["obs"] < errs["mac"]
+    assert errs["obs"] < 0.75 * errs["mac"]  # 0.0079 vs 0.0128 (summed relative output error)
 
 
 def test_obs_errors_name_the_problem():

@@ -269,6 +269,9 @@ def test_least_squares_reconstruction_in_study(setup):
     errs = fit["output_error"]
     assert set(errs) == {f"bert.encoder.layer.{i}.output.dense" for i in range(2)}
     assert all(after < before for before, after in errs.values())
+    # OBS rows (their Gram statistics from the study's calibration): refit errors fall too
+    obs_errs = by["prune-obs-rows-ls:reconstructed"]["output_error"]
+    assert set(obs_errs) == set(errs) and all(after < before for before, after in obs_errs.values())
     # the same masks without the refit: identical "after pruning" scores
     assert by["prune-mac-rows:pruned"]["headline"] == by["prune-mac-rows-ls:pruned"]["headline"]
     md = (out / "report.md").read_text()
