@@ -313,6 +313,41 @@ def test_fused_path_in_row_chunks_equals_one_block(rows, monkeypatch):
             layer(x)
 
 
+@pytest.mark.parametrize("rows", [512, 40])
+def test_fused_dac_skips_its_clamp_exactly_when_nothing_saturates(rows, monkeypatch):
+    """The static DAC's clamp pass is skipped when no |x| exceeds r·(1 + 0.25/n): the codes
+    then round to at most n anyway, so the outputs are bit-identical to clamping; one input
+    just beyond that bound (or ±inf) brings the clamp back."""
+    cfg = af.AnalogConfig(adc=ADCConfig(output_noise_std=None), tile=TileConfig(rows=rows, cols=32))
+    layer, _ = _layer(cfg, 100, 70)
+    calls = []
+    rows_fn = type(layer)._inference_rows
+    monkeypatch.setattr(type(layer), "_inference_rows",
+                        lambda self, x2, const, out, clip=True: calls.append(clip) or rows_fn(self, x2, const, out, clip))
+    g = torch.Generator().manual_seed(8)
+    with torch.no_grad():
+        af.program(nn.Sequential(layer), 0)
+        for r in torch.logspace(-2, 2, 25).tolist():
+            layer.input_range.data.fill_(r)
+            const = layer._inference_constants()
+            lim = torch.tensor(const.no_clip)  # the largest float32 input that skips the clamp
+            if lim.item() > const.no_clip:
+                lim = torch.nextafter(lim, torch.tensor(0.0))
+            x = torch.rand(9, 100, generator=g) * 2 - 1
+            x = x * (lim / x.abs().max())
+            x[0, 0], x[3, 5] = lim, -lim
+            codes = torch.mul(x, const.dac_scale).round_()
+            assert codes.abs().max() <= 127
+            calls.clear()
+            assert torch.equal(layer(x), rows_fn(layer, x, const, None, True)) and calls == [False]
+            x[0, 0] = lim * (1 + 1e-6)
+            calls.clear()
+            assert torch.equal(layer(x), rows_fn(layer, x, const, None, True)) and calls == [True]
+        x[0, 0] = float("-inf")
+        calls.clear()
+        assert torch.isfinite(layer(x)).all() and calls == [True]
+
+
 def test_fused_path_sees_range_and_weight_changes():
     layer, lin = _layer(af.AnalogConfig(adc=ADCConfig(output_noise_std=None)))
     x = torch.randn(8, 96, generator=torch.Generator().manual_seed(1))

@@ -6,14 +6,16 @@ periphery constants cached per programmed state, one GEMM per row tile on its sl
 inputs, and long inputs processed in row blocks whose outputs stay in cache while the
 element-wise passes run over them.
 
-Where the time goes (a 512×512 layer, batch 128, 2 cores): the GEMM, then seven
-element-wise passes of a few µs each, then Python and dispatch overhead of the same
-order — so the path keeps the per-call Python work to a tuple unpack and one loop, and
-reads output noise as a window of whole rows of the model's noise pool (one slice, no
-reshape).
+Where the time goes (a 512×512 layer, batch 128, 2 cores): the GEMM, then six or seven
+element-wise passes of a few µs each (one reduction that checks for NaN and whether the
+DAC saturates at all, DAC scale + round [+ clamp], noise, ADC round + clamp, gain + bias),
+then Python and dispatch overhead of the same order — so the path keeps the per-call
+Python work to a tuple unpack and one loop, and reads output noise as a window of whole
+rows of the model's noise pool (one slice, no reshape).
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import torch
@@ -37,15 +39,14 @@ def _first_column_has_nan(out: torch.Tensor) -> bool:
     return s != s
 
 
-def _input_has_nan(x2: torch.Tensor) -> bool:
-    """NaN anywhere in the inputs (±inf is not NaN: it saturates a static DAC like any value
-    beyond r). One BLAS dot product of the inputs with themselves — NaN iff an input is NaN
-    (squares are ≥ 0, so inf never meets −inf) — on inputs still in cache: about half the
-    cost of reading one output column after the periphery ran (a strided, cross-core read),
-    ~0.05× of a 512×512 layer's forward."""
-    v = x2.reshape(-1)
-    s = torch.dot(v, v).item()
-    return s != s
+def _input_extremes(x2: torch.Tensor):
+    """(min, max) of the inputs as Python floats: NaN iff an input is NaN (±inf is not NaN:
+    it saturates a static DAC like any value beyond r), and whether any input reaches past
+    the DAC range. One vectorized reduction over inputs still in cache (~0.03× of a
+    512×512 layer's forward); it both checks for NaN and lets the DAC skip its clamp pass
+    when nothing saturates."""
+    lo, hi = torch.aminmax(x2)
+    return lo.item(), hi.item()
 
 
 class _Constants(NamedTuple):
@@ -55,6 +56,7 @@ class _Constants(NamedTuple):
     n_dac: Optional[int]         # DAC levels per side (None: DAC off)
     alpha: float                 # GEMM output -> ADC code units (1 with the DAC on)
     dac_scale: Optional[torch.Tensor]  # inputs -> DAC codes, 0-dim (None: off / "absmax")
+    no_clip: float               # |x| up to this needs no DAC clamp (rounds to at most n_dac)
     noise: Optional[float]       # output-noise std in code units (None: off)
     n_adc: Optional[int]         # ADC levels per side (None: ADC off)
     tiles: tuple                 # ((first input, end, weights (rows, out), gain (out,)), ...)
@@ -99,13 +101,19 @@ class FusedInference:
         dac_scale = None  # a 0-dim tensor: a Python float would be converted on every call
         if n_dac is not None and c.dac.input_scaling != "absmax":
             dac_scale = torch.tensor(n_dac / r, dtype=wn.dtype, device=wn.device)
+        # x·(n/r) is within a few ulp of exact, so |x| ≤ r·(1 + 0.25/n) gives codes below
+        # n + 0.5, which round to at most n: the clamp would change nothing (a dtype too
+        # coarse for that margin, e.g. bfloat16 at 8 bits, always clamps)
+        no_clip = -math.inf
+        if n_dac is not None and torch.finfo(wn.dtype).eps * n_dac < 0.05:
+            no_clip = r * (1.0 + 0.25 / n_dac)
         pool_rows = None
         if noise is not None and pool is not None and pool.numel() >= self.out_features:
             pool_rows = pool[: pool.numel() // self.out_features * self.out_features].view(
                 -1, self.out_features)
         chunk = max(64, _CHUNK_ELEMENTS // max(self.out_features, self.in_features))
         bias = None if self.bias is None else self.bias.detach()
-        const = _Constants(key, r, n_dac, alpha, dac_scale, noise, n_adc, tiles, bias, pool_rows, chunk)
+        const = _Constants(key, r, n_dac, alpha, dac_scale, no_clip, noise, n_adc, tiles, bias, pool_rows, chunk)
         self._fast = const if self.programmed else None
         return const
 
@@ -121,25 +129,32 @@ class FusedInference:
         # a static DAC: NaN inputs checked up front (±inf saturate); DAC off or "absmax":
         # ±inf can turn into NaN on the way (inf·0, inf/inf), so the outputs are checked
         static_dac = const.dac_scale is not None
-        if static_dac and _input_has_nan(x2):
-            raise self._bad_input(x)
+        clip = True
+        if static_dac:
+            lo, hi = _input_extremes(x2)
+            if hi != hi:  # NaN (the reduction propagates it to both ends)
+                raise self._bad_input(x)
+            clip = -lo > const.no_clip or hi > const.no_clip
         n_rows, chunk = x2.shape[0], const.chunk
         if n_rows <= chunk:
-            out = self._inference_rows(x2, const, None)
+            out = self._inference_rows(x2, const, None, clip)
         else:
             out = x2.new_empty(n_rows, self.out_features)
             for i in range(0, n_rows, chunk):
-                self._inference_rows(x2[i:i + chunk], const, out[i:i + chunk])
+                self._inference_rows(x2[i:i + chunk], const, out[i:i + chunk], clip)
         if not static_dac and _first_column_has_nan(out):
             raise self._bad_input(x)
         return out if x.dim() == 2 else out.view(*x.shape[:-1], self.out_features)
 
-    def _inference_rows(self, x2, const: _Constants, out):
-        """`_inference_forward` for one block of rows; writes into `out` when given."""
-        _, r, n_dac, alpha, dac_scale, noise, n_adc, tiles, bias, pool_rows, _ = const
+    def _inference_rows(self, x2, const: _Constants, out, clip: bool = True):
+        """`_inference_forward` for one block of rows; writes into `out` when given.
+        `clip=False`: no input reaches past the DAC range, so its clamp is skipped."""
+        _, r, n_dac, alpha, dac_scale, _, noise, n_adc, tiles, bias, pool_rows, _ = const
         r_tok = None
         if dac_scale is not None:
-            xd = torch.mul(x2, dac_scale).round_().clamp_(-n_dac, n_dac)
+            xd = torch.mul(x2, dac_scale).round_()
+            if clip:
+                xd.clamp_(-n_dac, n_dac)
         elif n_dac is None:
             xd = x2
         else:  # "absmax": a range per input vector, undone after the ADC
