@@ -159,8 +159,10 @@ def test_pruning_step_in_study(setup):
     cfg_path = _config(root, glue, model_dir, tasks=["sst2"], conditions=["digital", "pruned"],
                        pruning={"prune": {"criterion": "mac", "structure": "rows", "blocks": ["fc2"],
                                           "ratio": 0.25},
-                                # retrained with the dense model as (layer-wise) distillation teacher
-                                "calibration_batches": 2, "retrain": {"epochs": 1, "distill_hidden_weight": 1.0}})
+                                # retrained with the dense model as (layer-wise) distillation teacher,
+                                # also on token-replaced copies of the batches
+                                "calibration_batches": 2, "retrain": {"epochs": 1, "distill_hidden_weight": 1.0,
+                                                                      "augment_prob": 0.3}})
     out = root / "out_prune"
     assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
     recs = _records(out)
@@ -328,6 +330,8 @@ def test_config_round_trip_yaml():
     ("conditions=[hwa]", r"needs an `hwa:` section"),
     ("best_of=0", r"best_of"),
     ("finetune.learning_rate=-1", r"learning_rate"),
+    ("finetune.augment_prob=0.3", r"augment_prob=0.3 for 'sst2': the digital fine-tune has no teacher"),
+    ("finetune_per_task={sst2: {distill_weight: 0.5}}", r"distill_weight=0.5 for 'sst2'.*pruning.retrain"),
     ("finetune_per_task={sst2: {epochz: 1}}", r"finetune_per_task\.sst2: unknown key"),
     ("analog.tile.split_policy=random", r"split_policy: must be one of \['balanced', 'fill_first'\]"),
     ("mystery=1", r"unknown key\(s\) \['mystery'\]"),

@@ -7,7 +7,10 @@ were replaced by subclasses with extra Parameters (AnalogLinear) train unchanged
 With ``distill_weight > 0`` a frozen ``teacher`` (e.g. the digital model before HWA
 fine-tuning, or the dense model before pruning) adds a knowledge-distillation term on the
 logits; with ``distill_hidden_weight > 0`` one on every transformer layer's output (layer-wise
-distillation, as TinyBERT / CoFi pruning use to recover pruned models).
+distillation, as TinyBERT / CoFi pruning use to recover pruned models); with
+``augment_prob > 0`` the same distillation terms also run on a token-replaced copy of every
+batch, so the student learns the teacher's function on inputs the teacher has not
+memorised (the losses and the augmentation are in ``distill.py``).
 """
 from __future__ import annotations
 
@@ -21,10 +24,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .distill import augment_tokens, distillation_loss, hidden_distillation_loss
 from .tasks.glue import get_task
 from .tasks.metrics import compute_metrics, predictions_from_logits
 
-__all__ = ["FinetuneConfig", "FinetuneHistory", "distillation_loss", "hidden_distillation_loss",
+__all__ = ["FinetuneConfig", "FinetuneHistory", "distillation_loss", "hidden_distillation_loss", "augment_tokens",
            "default_model_path", "load_model_and_tokenizer",
            "finetune", "total_steps", "predict", "evaluate", "save_checkpoint", "load_checkpoint"]
 
@@ -88,6 +92,13 @@ class FinetuneConfig:
     # error ||h_student - h_teacher||^2 / ||h_teacher||^2 of each layer's output hidden states
     # (real tokens only). Needs the same hidden size in both (true for FFN / row pruning). 0 = off.
     distill_hidden_weight: float = 0.0
+    # Distillation on augmented inputs: every batch also goes through the teacher and the
+    # student as a copy with each real, non-special token replaced with probability
+    # `augment_prob` by another token of the batch (`distill.augment_tokens`); the logit KD
+    # term (and the layer-wise one when distill_hidden_weight > 0) on that copy is added
+    # with weight `augment_weight`. Needs a teacher and the tokenizer's special ids. 0 = off.
+    augment_prob: float = 0.0
+    augment_weight: float = 1.0
     # Dev-set model selection: `finetune(..., score=)` is evaluated at the start, every
     # `eval_every` optimizer steps and at the end; with `keep_best` the best-scoring state is
     # restored at the end (as the HF Trainer's load_best_model_at_end). None = no evaluations.
@@ -114,6 +125,11 @@ class FinetuneConfig:
         if not (self.distill_hidden_weight >= 0 and math.isfinite(self.distill_hidden_weight)):
             raise ValueError(f"distill_hidden_weight must be a finite number >= 0 (0 = off), "
                              f"got {self.distill_hidden_weight}")
+        if not (0 <= self.augment_prob < 1):
+            raise ValueError(f"augment_prob must be in [0, 1) (the share of tokens replaced in the "
+                             f"augmented copy; 0 = off), got {self.augment_prob}")
+        if not (self.augment_weight >= 0 and math.isfinite(self.augment_weight)):
+            raise ValueError(f"augment_weight must be a finite number >= 0, got {self.augment_weight}")
         if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
             raise ValueError(f"distill_temperature must be a finite number > 0, "
                              f"got {self.distill_temperature}")
@@ -129,8 +145,8 @@ class FinetuneConfig:
 
     @property
     def needs_teacher(self) -> bool:
-        """Whether `finetune` needs a teacher model (either distillation term is on)."""
-        return self.distill_weight > 0 or self.distill_hidden_weight > 0
+        """Whether `finetune` needs a teacher model (a distillation term or augmentation is on)."""
+        return self.distill_weight > 0 or self.distill_hidden_weight > 0 or self.augment_prob > 0
 
 
 @dataclass
@@ -171,44 +187,8 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                      temperature: float) -> torch.Tensor:
-    """Hinton et al.'s soft-target loss ``T^2 * KL(softmax(t/T) || softmax(s/T))`` (batch
-    mean); for one-output (regression) heads the mean squared difference to the teacher."""
-    teacher_logits = teacher_logits.detach().to(student_logits.dtype)
-    if student_logits.shape[-1] == 1:
-        return torch.nn.functional.mse_loss(student_logits, teacher_logits)
-    t = temperature
-    return torch.nn.functional.kl_div(torch.log_softmax(student_logits / t, dim=-1),
-                                      torch.log_softmax(teacher_logits / t, dim=-1),
-                                      reduction="batchmean", log_target=True) * t * t
-
-
-def hidden_distillation_loss(student_hidden: tuple[torch.Tensor, ...],
-                             teacher_hidden: tuple[torch.Tensor, ...],
-                             attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over transformer layers of ``||h_s - h_t||^2 / ||h_t||^2`` on real tokens.
-
-    Takes the ``hidden_states`` tuples of HF models (embedding output first, then one per
-    layer); the embedding output is skipped. Relative per layer, so layers whose hidden
-    states are large (BERT's outlier dimensions grow with depth) do not drown the others.
-    """
-    if len(student_hidden) != len(teacher_hidden):
-        raise ValueError(f"layer-wise distillation needs as many layers in the student as in "
-                         f"the teacher, got {len(student_hidden) - 1} and {len(teacher_hidden) - 1}")
-    losses = []
-    for s, t in zip(student_hidden[1:], teacher_hidden[1:]):
-        if s.shape != t.shape:
-            raise ValueError(f"layer-wise distillation needs the same hidden-state shape in "
-                             f"student and teacher, got {tuple(s.shape)} and {tuple(t.shape)} "
-                             "(pruning that changes the hidden size cannot use distill_hidden_weight)")
-        t = t.detach().to(s.dtype)
-        err, ref = (s - t).square().sum(-1), t.square().sum(-1)
-        if attention_mask is not None:
-            keep = attention_mask.to(s.dtype)
-            err, ref = err * keep, ref * keep
-        losses.append(err.sum() / ref.sum().clamp_min(torch.finfo(s.dtype).tiny))
-    return torch.stack(losses).mean()
+def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.cpu()
 
 
 def total_steps(cfg: FinetuneConfig, train_loader) -> int:
@@ -222,7 +202,8 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
              progress: bool = True,
              extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
              teacher: nn.Module | None = None,
-             score: Callable[[nn.Module], float | None] | None = None) -> FinetuneHistory:
+             score: Callable[[nn.Module], float | None] | None = None,
+             special_ids: Iterable[int] | None = None) -> FinetuneHistory:
     """Train ``model`` in place on ``train_loader`` batches; returns the loss history.
 
     ``cfg.seed`` seeds torch's RNG (dropout); the batch order comes from the loader's own
@@ -234,7 +215,10 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
     ``score(model)`` (higher = better, e.g. the dev metric; ``None`` = this state is not a
     candidate, e.g. before gradual pruning reached its final ratio) is required when
     ``cfg.eval_every`` is set; it runs with torch's RNG state saved and restored, so the
-    training trajectory is the same with or without evaluations.
+    training trajectory is the same with or without evaluations. ``special_ids`` (the
+    tokenizer's ``all_special_ids``) are the tokens augmentation must not replace; required
+    when ``cfg.augment_prob > 0``. The augmentation draws from its own generator seeded with
+    ``cfg.seed``.
     """
     distill, hidden = cfg.distill_weight > 0, cfg.distill_hidden_weight > 0
     if distill and teacher is None:
@@ -243,6 +227,13 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
     if hidden and teacher is None:
         raise ValueError(f"distill_hidden_weight={cfg.distill_hidden_weight} needs a teacher "
                          "model: pass finetune(..., teacher=model) or set distill_hidden_weight: 0")
+    augment = cfg.augment_prob > 0
+    if augment and teacher is None:
+        raise ValueError(f"augment_prob={cfg.augment_prob} needs a teacher model to label the "
+                         "augmented inputs: pass finetune(..., teacher=model) or set augment_prob: 0")
+    if augment and special_ids is None:
+        raise ValueError(f"augment_prob={cfg.augment_prob} needs the tokens it must not replace: "
+                         "pass finetune(..., special_ids=tokenizer.all_special_ids)")
     if cfg.eval_every is not None and score is None:
         raise ValueError(f"eval_every={cfg.eval_every} needs a score function: pass "
                          "finetune(..., score=lambda m: dev metric) or set eval_every: null")
@@ -256,6 +247,19 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
     device = _device_of(model)
     history = FinetuneHistory()
     best: dict = {}
+    aug_gen = torch.Generator().manual_seed(cfg.seed) if augment else None
+    special = list(special_ids) if augment else []
+
+    def distill_terms(inputs: dict) -> torch.Tensor:
+        """KD (+ layer-wise) loss of the student against the teacher on label-free inputs."""
+        out = model(**inputs, output_hidden_states=hidden) if hidden else model(**inputs)
+        with torch.no_grad():
+            tgt = teacher(**inputs, output_hidden_states=hidden)
+        term = distillation_loss(out.logits, tgt.logits, cfg.distill_temperature)
+        if hidden:
+            term = term + cfg.distill_hidden_weight * hidden_distillation_loss(
+                out.hidden_states, tgt.hidden_states, inputs.get("attention_mask"))
+        return term
 
     def dev_eval() -> None:
         rng = torch.get_rng_state()
@@ -278,7 +282,7 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
             batch = _to(batch, device)
             output = model(**batch, output_hidden_states=True) if hidden else model(**batch)
             loss = output.loss
-            if cfg.needs_teacher:
+            if distill or hidden:
                 with torch.no_grad():
                     target = teacher(**{k: v for k, v in batch.items() if k != "labels"},
                                      output_hidden_states=hidden)
@@ -292,6 +296,14 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
                 loss = loss + extra_loss(model)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if augment:  # a second backward: the first graph is freed before this one is built
+                inputs = {k: v for k, v in batch.items() if k != "labels"}
+                inputs["input_ids"] = augment_tokens(batch["input_ids"].cpu(),
+                                                     _cpu(batch.get("attention_mask")),
+                                                     cfg.augment_prob, special, aug_gen).to(device)
+                aug_loss = cfg.augment_weight * distill_terms(inputs)
+                aug_loss.backward()
+                loss = loss.detach() + aug_loss.detach()
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             history.learning_rates.append(scheduler.get_last_lr()[0])

@@ -86,6 +86,7 @@ class TaskData:
     def __init__(self, cfg: StudyConfig, task: str, tokenizer):
         self.spec, implied = resolve_task(task)
         self.task = self.spec.name
+        self.special_ids = list(tokenizer.all_special_ids)  # never replaced by augmentation
         d = cfg.data
         fcfg = cfg.finetune_for(self.task)
         n_train = fcfg.max_train_examples or d.max_train_examples

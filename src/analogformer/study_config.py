@@ -197,6 +197,12 @@ class StudyConfig:
             if not isinstance(over, dict):
                 _fail("StudyConfig", "finetune_per_task", f"{task}: expected a mapping of FinetuneConfig fields")
             self.finetune_for(task)  # validates the override keys now, not mid-run
+        for task in self.tasks:  # the digital fine-tune starts from the pre-trained model: no teacher
+            f = self.finetune_for(task)
+            for name in ("distill_weight", "distill_hidden_weight", "augment_prob"):
+                if getattr(f, name) > 0:
+                    _fail("StudyConfig", "finetune", f"{name}={getattr(f, name)} for {task!r}: the digital "
+                          "fine-tune has no teacher; set it under pruning.retrain or hwa.finetune")
 
     def finetune_for(self, task: str, overrides: Optional[Dict[str, Any]] = None) -> FinetuneConfig:
         base = to_dict(self.finetune)

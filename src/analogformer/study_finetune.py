@@ -131,7 +131,7 @@ def hwa_model(cfg, data, base: nn.Module, digital: nn.Module, tok, out: Path, pr
         t = time.time()
         hist = finetune(model, data.train_loader(fk.batch_size, fk.seed + 7), fk,
                         after_step=hwa_after_step(h.recipe), progress=progress,
-                        teacher=digital if fk.needs_teacher else None,
+                        teacher=digital if fk.needs_teacher else None, special_ids=data.special_ids,
                         score=(lambda m: _tiles_score(cfg, data, m)) if fk.eval_every else None)
         log_evals(data.task, "HWA (on tiles)", hist)
         remove_hwa(model)

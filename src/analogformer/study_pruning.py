@@ -117,7 +117,8 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
         admm = ADMMPruner(model, pc, stats)
         phase = replace(fcfg, eval_every=None, keep_best=False)  # selection: in the retraining
         finetune(model, data.train_loader(fcfg.batch_size, fcfg.seed + 11), phase,
-                 after_step=admm.step, extra_loss=admm.penalty, progress=progress, teacher=teacher)
+                 after_step=admm.step, extra_loss=admm.penalty, progress=progress, teacher=teacher,
+                 special_ids=data.special_ids)
         masks = admm.finalize(model)
         after_prune = _record(data, log, f"prune-{label}:pruned", "pruned", model, ratio, label)
     elif p.stages > 1:
@@ -149,7 +150,8 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
     if fcfg.eval_every:
         score = lambda m: dev_headline(data, m) if pruner is None or pruner.final else None  # noqa: E731
     hist = finetune(model, loader, fcfg, after_step=pruner.after_step if pruner else masks.after_step,
-                    progress=progress, teacher=teacher, score=score)
+                    progress=progress, teacher=teacher, score=score,
+                    special_ids=data.special_ids)
     if pruner is not None:
         masks = pruner.masks
     masks.remove_hooks()
@@ -169,7 +171,7 @@ def _control(cfg, data, source: nn.Module, log: RecordLog, progress: bool) -> No
     model = copy.deepcopy(source).eval()
     _log(f"{data.task}: control: the dense model retrained with the pruning recipe")
     hist = finetune(model, data.train_loader(fcfg.batch_size, fcfg.seed + 13), fcfg, progress=progress,
-                    teacher=source if fcfg.needs_teacher else None,
+                    teacher=source if fcfg.needs_teacher else None, special_ids=data.special_ids,
                     score=(lambda m: dev_headline(data, m)) if fcfg.eval_every else None)
     log_evals(data.task, "control retraining", hist)
     value = _record(data, log, "prune-none:retrained", "retrained", model, 0.0, "none", **_selection(hist))
