@@ -473,6 +473,39 @@ def test_evaluate_and_prune_commands_on_a_saved_checkpoint(setup, tmp_path, caps
     assert "not a saved model folder" in capsys.readouterr().err
 
 
+def test_prune_fidelity_example_reproduces_the_study_records(setup, capsys):
+    """examples/prune_fidelity.py: the dense model agrees with itself (KL 0); the saved pruned
+    checkpoint and the one-shot masked / refit models give exactly the study's metrics."""
+    import importlib.util
+    from pathlib import Path
+    root, glue, model_dir = setup
+    spec = importlib.util.spec_from_file_location(
+        "prune_fidelity", Path(__file__).parent.parent / "examples" / "prune_fidelity.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    pruning = {"prune": {"criterion": "mac", "structure": "rows", "blocks": ["fc2"], "ratio": 0.25,
+                         "reconstruct": True},
+               "calibration_batches": 2, "retrain": {"epochs": 1}}
+    cfg_path = _config(root, glue, model_dir, tasks=["sst2"], conditions=["digital", "pruned-digital"],
+                       pruning=pruning)
+    out = root / "out_fidelity"
+    assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
+    stage = {r["stage"]: r["headline"] for r in _records(out) if "stage" in r}
+    rows = dict(example.main([str(cfg_path), "--task", "sst2", "--dense",
+                              str(out / "checkpoints" / "sst2" / "digital"),
+                              "--pruned", str(out / "checkpoints" / "sst2" / "pruned"), "--oneshot"]))
+    assert rows["dense"]["agree"] == 1.0 and abs(rows["dense"]["kl"]) < 1e-12
+    assert rows["dense"]["metric"] == pytest.approx(100 * stage["dense"], abs=1e-9)
+    pruned = rows[str(out / "checkpoints" / "sst2" / "pruned")]
+    assert pruned["metric"] == pytest.approx(100 * stage["retrained"], abs=1e-9)
+    masked = next(v for k, v in rows.items() if k.endswith("masked"))
+    refit = next(v for k, v in rows.items() if k.endswith("refit"))
+    assert masked["metric"] == pytest.approx(100 * stage["pruned"], abs=1e-9)
+    assert refit["metric"] == pytest.approx(100 * stage["reconstructed"], abs=1e-9)
+    assert refit["kl"] < masked["kl"]  # the refit moves the pruned model towards the dense one
+    assert "agreement with the dense model" in capsys.readouterr().out
+
+
 def test_merge_of_per_task_folders_equals_one_study(setup, capsys):
     """Running each task in its own folder (e.g. in parallel) and merging gives the records
     of one study of both tasks; the merged folder resumes; mismatches are refused."""
