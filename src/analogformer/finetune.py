@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, ClassVar, Iterable
 
 import numpy as np
 import torch
@@ -143,10 +143,13 @@ class FinetuneConfig:
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be an int >= 1 or None (no cap), got {value!r}")
 
+    # the options that need `finetune(..., teacher=)` when > 0
+    TEACHER_FIELDS: ClassVar[tuple] = ("distill_weight", "distill_hidden_weight", "augment_prob")
+
     @property
     def needs_teacher(self) -> bool:
         """Whether `finetune` needs a teacher model (a distillation term or augmentation is on)."""
-        return self.distill_weight > 0 or self.distill_hidden_weight > 0 or self.augment_prob > 0
+        return any(getattr(self, name) > 0 for name in self.TEACHER_FIELDS)
 
 
 @dataclass
@@ -221,16 +224,11 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
     ``cfg.seed``.
     """
     distill, hidden = cfg.distill_weight > 0, cfg.distill_hidden_weight > 0
-    if distill and teacher is None:
-        raise ValueError(f"distill_weight={cfg.distill_weight} needs a teacher model: pass "
-                         "finetune(..., teacher=model) or set distill_weight: 0")
-    if hidden and teacher is None:
-        raise ValueError(f"distill_hidden_weight={cfg.distill_hidden_weight} needs a teacher "
-                         "model: pass finetune(..., teacher=model) or set distill_hidden_weight: 0")
     augment = cfg.augment_prob > 0
-    if augment and teacher is None:
-        raise ValueError(f"augment_prob={cfg.augment_prob} needs a teacher model to label the "
-                         "augmented inputs: pass finetune(..., teacher=model) or set augment_prob: 0")
+    for name in FinetuneConfig.TEACHER_FIELDS:
+        if getattr(cfg, name) > 0 and teacher is None:
+            raise ValueError(f"{name}={getattr(cfg, name)} needs a teacher model: pass "
+                             f"finetune(..., teacher=model) or set {name}: 0")
     if augment and special_ids is None:
         raise ValueError(f"augment_prob={cfg.augment_prob} needs the tokens it must not replace: "
                          "pass finetune(..., special_ids=tokenizer.all_special_ids)")

@@ -199,7 +199,7 @@ class StudyConfig:
             self.finetune_for(task)  # validates the override keys now, not mid-run
         for task in self.tasks:  # the digital fine-tune starts from the pre-trained model: no teacher
             f = self.finetune_for(task)
-            for name in ("distill_weight", "distill_hidden_weight", "augment_prob"):
+            for name in FinetuneConfig.TEACHER_FIELDS:
                 if getattr(f, name) > 0:
                     _fail("StudyConfig", "finetune", f"{name}={getattr(f, name)} for {task!r}: the digital "
                           "fine-tune has no teacher; set it under pruning.retrain or hwa.finetune")
