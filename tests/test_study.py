@@ -294,6 +294,47 @@ def test_admm_pruning_with_keep_best_selects_in_the_retraining_only(setup):
     assert r["headline"] == max(v for _, v in r["dev_evals"])
 
 
+def test_several_retraining_seeds_in_study(setup):
+    """retrain_seeds: 2 retrains every pruned model twice from the same pruned state: seed k's
+    record equals a one-seed study with retrain.seed + k exactly, the report gives mean ± SEM,
+    and the model on tiles is the first seed's."""
+    root, glue, model_dir = setup
+
+    def run(name, seeds, seed):
+        pruning = {"prune": {"criterion": "mac", "structure": "rows", "blocks": ["fc2"], "ratio": 0.25},
+                   "baselines": [{"criterion": "random"}], "calibration_batches": 2,
+                   # a rough retraining (lr 0.05) so that seeds end apart (the toy tasks saturate)
+                   "retrain": {"epochs": 1, "seed": seed, "learning_rate": 0.05}, "retrain_seeds": seeds}
+        cfg_path = _config(root, glue, model_dir, tasks=["sst2"], conditions=["digital", "pruned-digital"],
+                           pruning=pruning)
+        out = root / name
+        assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
+        return out, _records(out), cfg_path
+
+    out, recs, cfg_path = run("out_seeds", 2, 3)
+    retrained = {(r["condition"], r["repeat"]): r["headline"] for r in recs if r.get("stage") == "retrained"}
+    assert set(retrained) == {(f"prune-{m}-rows:retrained", k) for m in ("mac", "random") for k in (0, 1)}
+    for k in (0, 1):
+        _, single, _ = run(f"out_seed{3 + k}", 1, 3 + k)
+        one = {r["condition"]: r["headline"] for r in single if r.get("stage") == "retrained"}
+        assert all(one[c] == retrained[(c, k)] for c in one)
+    assert retrained[("prune-mac-rows:retrained", 0)] != retrained[("prune-mac-rows:retrained", 1)]
+    on_tiles = next(r["headline"] for r in recs if r["condition"] == "pruned-digital")
+    assert on_tiles == retrained[("prune-mac-rows:retrained", 0)]
+    report = (out / "report.md").read_text()
+    mean = 100 * (retrained[("prune-mac-rows:retrained", 0)] + retrained[("prune-mac-rows:retrained", 1)]) / 2
+    row = next(l for l in report.splitlines() if l.startswith("| mac-rows |"))
+    assert f"{mean:.2f} ±" in row
+    # an interrupted run that lost the second seeds' records redoes exactly those
+    lines = (out / "results.jsonl").read_text().splitlines()
+    kept = [l for l in lines if not ('"repeat": 1' in l and "retrained" in l)]
+    assert len(kept) == len(lines) - 2
+    (out / "results.jsonl").write_text("\n".join(kept) + "\n")
+    assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
+    again = {(r["condition"], r["repeat"]): r["headline"] for r in _records(out) if r.get("stage") == "retrained"}
+    assert again == retrained
+
+
 def test_pruning_study_config_errors():
     base = {"tasks": ["sst2"], "conditions": ["digital", "pruned"]}
     for bad, msg in ((({"ratios": [0.2, 0.2]}), "repeats a ratio"), ({"ratios": [1.5]}, "ratio"),
@@ -301,7 +342,9 @@ def test_pruning_study_config_errors():
                      ({"stages": 2, "prune": {"criterion": "l1", "admm_rho": 0.01}}, "ADMM"),
                      ({"baselines": [{"criterion": "mac"}]}, "same"),
                      ({"baselines": [{"ratio": 0.1}]}, "not per baseline"),
-                     ({"baselines": {"criterion": "random"}}, "pruning.baselines")):
+                     ({"baselines": {"criterion": "random"}}, "pruning.baselines"),
+                     ({"retrain_seeds": 0}, "retrain_seeds"),
+                     ({"retrain_seeds": 2, "stages": 2}, "retrain_seeds.*one-shot pruning")):
         with pytest.raises(ValueError, match=msg):
             from_dict(StudyConfig, {**base, "pruning": bad})
 

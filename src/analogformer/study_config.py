@@ -72,7 +72,11 @@ class PruneStudyConfig:
     `stages` > 1 prunes gradually: each ratio is reached in `stages` nested steps spread over
     the retraining, scored afresh on the retrained model each time (`pruning.GradualPruner`).
     `control` also retrains the unpruned model with the same recipe (method "none", ratio 0):
-    what the retraining alone does to the dense model.
+    what the retraining alone does to the dense model. `retrain_seeds` > 1 retrains every
+    pruned model that many times from the same pruned (and refit) state, with retraining
+    seeds `retrain.seed` + 0, 1, …: the "after retraining" cells become mean ± SEM over them
+    (on small dev sets the seed moves the result more than the recipe); the model that goes
+    on tiles is the first seed's.
     """
 
     prune: PruneConfig = field(default_factory=PruneConfig)
@@ -84,12 +88,14 @@ class PruneStudyConfig:
     baselines: Tuple[Dict[str, Any], ...] = ()
     stages: int = 1
     control: bool = False
+    retrain_seeds: int = 1
 
     def __post_init__(self):
         _check_choice(self, "source", {"digital", "hwa"})
         _check_positive(self, "calibration_batches", integer=True)
         _check_positive(self, "stages", integer=True)
-        self.stages = int(self.stages)
+        _check_positive(self, "retrain_seeds", integer=True)
+        self.stages, self.retrain_seeds = int(self.stages), int(self.retrain_seeds)
         if not isinstance(self.control, bool):
             _fail("PruneStudyConfig", "control", f"must be true or false, got {self.control!r}")
         if isinstance(self.prune, dict):
@@ -122,6 +128,10 @@ class PruneStudyConfig:
         if self.stages > 1 and any(pc.admm_rho is not None for _, pc, _ in self.runs()):
             _fail("PruneStudyConfig", "stages", "gradual pruning (stages > 1) cannot be combined "
                                                 "with ADMM (admm_rho); use stages: 1")
+        if self.retrain_seeds > 1 and (self.stages > 1 or any(pc.admm_rho is not None for _, pc, _ in self.runs())):
+            _fail("PruneStudyConfig", "retrain_seeds", "several retraining seeds need one-shot pruning "
+                                                       "(stages: 1, no admm_rho): gradual and ADMM pruning "
+                                                       "choose their masks during the retraining")
 
     def variant(self, **overrides) -> PruneConfig:
         """`prune` with some fields replaced (validated)."""

@@ -69,9 +69,16 @@ def pruned_models(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progr
         path = out / "checkpoints" / data.task / key
         if is_main and (path / "model.safetensors").exists():
             _log(f"{data.task}: reusing pruned checkpoint {path}")
+            if not all(log.has((next(iter(data.evals)), f"prune-{label}:retrained", None, k, ratio))
+                       for k in range(p.retrain_seeds)):  # more seeds asked for than recorded
+                stats = None
+                if pc.needs_calibration:
+                    stats = stats_cache.setdefault(pc.criterion, calibrate(source, calib, pc))
+                _prune_retrain(cfg, data, source, pc, label, ratio, stats, calib, log, progress,
+                               skip_first=True)
             result[key] = _load_pruned(path)
             continue
-        if not is_main and log.has((data.task, f"prune-{label}:retrained", None, 0, ratio)):
+        if not is_main and log.has((data.task, f"prune-{label}:retrained", None, p.retrain_seeds - 1, ratio)):
             continue
         stats = None
         if pc.needs_calibration:
@@ -95,7 +102,7 @@ def pruned_models(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progr
 
 
 def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, stats, calib,
-                   log: RecordLog, progress: bool) -> nn.Module:
+                   log: RecordLog, progress: bool, skip_first: bool = False) -> nn.Module:
     """Prune a copy of `source` with `pc`, retrain with the masks held; records at each stage.
 
     One-shot (`pruning.stages: 1`): prune, then retrain. Gradual (`stages` > 1): the
@@ -143,22 +150,41 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
         _log(f"{data.task}: {label} ratio {ratio:.3f}: least-squares refit of {len(errs)} matrices "
              f"(relative output error {mean('masked'):.4f} -> {mean('reconstructed'):.4f}): "
              f"{100 * refit:.2f}")
-    _log(f"{data.task}: {label} ratio {ratio:.3f}: {how}retraining {fcfg.epochs} epoch(s)")
-    if pruner is None:
-        masks.register_gradient_hooks(model)
+    _log(f"{data.task}: {label} ratio {ratio:.3f}: {how}retraining {fcfg.epochs} epoch(s)"
+         + (f", {p.retrain_seeds} seeds" if p.retrain_seeds > 1 else ""))
+    start = copy.deepcopy(model) if p.retrain_seeds > 1 else None  # the state every seed starts from
     score = None
     if fcfg.eval_every:
         score = lambda m: dev_headline(data, m) if pruner is None or pruner.final else None  # noqa: E731
-    hist = finetune(model, loader, fcfg, after_step=pruner.after_step if pruner else masks.after_step,
-                    progress=progress, teacher=teacher, score=score,
-                    special_ids=data.special_ids)
-    if pruner is not None:
-        masks = pruner.masks
-    masks.remove_hooks()
-    log_evals(data.task, f"{label} ratio {ratio:.3f} retraining", hist)
-    retrained = _record(data, log, f"prune-{label}:retrained", "retrained", model, ratio, label,
-                        **_selection(hist))
-    _log(f"{data.task}: {label} ratio {ratio:.3f} after retraining {100 * retrained:.2f}")
+    scores = []
+    for k in range(p.retrain_seeds):
+        name = f"prune-{label}:retrained"
+        # resumed: a recorded seed is not retrained again — except the first, whose model
+        # goes on, unless the caller has it saved already (`skip_first`)
+        if (k or skip_first) and log.has((next(iter(data.evals)), name, None, k, ratio)):
+            scores.append(_record(data, log, name, "retrained", model, ratio, label, repeat=k))
+            continue
+        m = model if k == 0 else copy.deepcopy(start)
+        fk = replace(fcfg, seed=fcfg.seed + k)
+        if pruner is None:
+            masks.register_gradient_hooks(m)
+        hist = finetune(m, loader if k == 0 else data.train_loader(fk.batch_size, fk.seed + 13), fk,
+                        after_step=pruner.after_step if pruner else masks.after_step,
+                        progress=progress, teacher=teacher, score=score, special_ids=data.special_ids)
+        if pruner is not None:
+            masks = pruner.masks
+        masks.remove_hooks()
+        tag = f" (seed {fk.seed})" if p.retrain_seeds > 1 else ""
+        log_evals(data.task, f"{label} ratio {ratio:.3f} retraining{tag}", hist)
+        scores.append(_record(data, log, name, "retrained", m, ratio, label, repeat=k, **_selection(hist)))
+        _log(f"{data.task}: {label} ratio {ratio:.3f} after retraining{tag} {100 * scores[-1]:.2f}")
+        if k:
+            del m  # only the first seed's model goes on
+    if len(scores) > 1:
+        mean = sum(scores) / len(scores)
+        sd = (sum((v - mean) ** 2 for v in scores) / (len(scores) - 1)) ** 0.5
+        _log(f"{data.task}: {label} ratio {ratio:.3f} after retraining, {len(scores)} seeds: "
+             f"{100 * mean:.2f} (sd {100 * sd:.2f}; {', '.join(f'{100 * v:.2f}' for v in scores)})")
     model.analogformer_masks = masks
     return model
 
@@ -186,17 +212,18 @@ def _selection(hist) -> dict:
 
 
 def _record(data, log: RecordLog, condition: str, stage: str, model: nn.Module, ratio: float,
-            method: str, **extra) -> float:
-    """Write the digital dev record of one pruning stage (once); returns its headline."""
+            method: str, repeat: int = 0, **extra) -> float:
+    """Write the digital dev record of one pruning stage (once per `repeat`: the retraining
+    seed); returns its headline."""
     from .tasks.metrics import headline_value
 
     eval_key, eval_batches = next(iter(data.evals.items()))
-    key = (eval_key, condition, None, 0, ratio)
+    key = (eval_key, condition, None, repeat, ratio)
     if log.has(key):
         return next(r["headline"] for r in log.records if r["task"] == eval_key and r["condition"] == condition
-                    and r.get("prune_ratio") == ratio)
+                    and r.get("prune_ratio") == ratio and r.get("repeat", 0) == repeat)
     metrics = evaluate(model, eval_batches, eval_key)
-    log.write({"task": eval_key, "condition": condition, "t_seconds": None, "repeat": 0,
+    log.write({"task": eval_key, "condition": condition, "t_seconds": None, "repeat": repeat,
                "metrics": metrics, "headline": headline_value(eval_key, metrics),
                "prune_ratio": ratio, "stage": stage, "method": method, **extra})
     return headline_value(eval_key, metrics)
