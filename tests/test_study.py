@@ -328,7 +328,7 @@ def test_several_retraining_seeds_in_study(setup):
     report = (out / "report.md").read_text()
     mean = 100 * (retrained[("prune-mac-rows:retrained", 0)] + retrained[("prune-mac-rows:retrained", 1)]) / 2
     row = next(l for l in report.splitlines() if l.startswith("| mac-rows |"))
-    assert f"{mean:.2f} ±" in row
+    assert f"{mean:.2f} ±" in row and "mean ± SEM over the retraining seeds" in report
     # a finished one-seed study extended to two seeds adds exactly the second seed's records
     out3, _, _ = run("out_seed3", 2, 3)
     extended = {(r["condition"], r["repeat"]): r["headline"] for r in _records(out3) if r.get("stage") == "retrained"}

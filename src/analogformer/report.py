@@ -345,6 +345,10 @@ def _sections(d: Path, st: _Study, records, skipped, title) -> list[tuple]:
                     "`pruned` conditions of the time tables above."
                     + (" Method `none` is the control: the dense model retrained with the same recipe."
                        if any(r["condition"] == "prune-none:retrained" for r in st.prune_rows) else "")
+                    + (" After retraining is the mean ± SEM over the retraining seeds "
+                       "(`pruning.retrain_seeds`: the same pruned state retrained with different seeds; "
+                       "here ± is not over device instances); the model on tiles is the first seed's."
+                       if any(r["stage"] == "retrained" and r["n"] > 1 for r in st.prune_rows) else "")
                     + (" After retraining is the retrained state with the best dev score among the "
                        "evaluations during retraining (`keep_best`), i.e. selected on the split it is "
                        "reported on." if any(r.get("best_step") is not None for r in st.records) else ""))]
