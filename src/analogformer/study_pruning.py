@@ -62,6 +62,16 @@ def pruned_models(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progr
     if p.control:
         _control(cfg, data, source, log, progress)
     stats_cache: Dict[str, object] = {}
+
+    def stats_for(pc):
+        """The criterion's statistics of the source model (None if it needs none), computed
+        once per criterion: they depend on the source model only."""
+        if not pc.needs_calibration:
+            return None
+        if pc.criterion not in stats_cache:
+            stats_cache[pc.criterion] = calibrate(source, calib, pc)
+        return stats_cache[pc.criterion]
+
     result: Dict[str, nn.Module] = {}
     for label, pc, is_main in p.runs():
         ratio = pc.ratio if not pc.block_ratios else max(pc.block_ratios.values())
@@ -69,23 +79,15 @@ def pruned_models(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progr
         path = out / "checkpoints" / data.task / key
         if is_main and (path / "model.safetensors").exists():
             _log(f"{data.task}: reusing pruned checkpoint {path}")
-            if not all(log.has((next(iter(data.evals)), f"prune-{label}:retrained", None, k, ratio))
+            if not all(_retrained_recorded(data, log, label, ratio, k)
                        for k in range(p.retrain_seeds)):  # more seeds asked for than recorded
-                stats = None
-                if pc.needs_calibration:
-                    stats = stats_cache.setdefault(pc.criterion, calibrate(source, calib, pc))
-                _prune_retrain(cfg, data, source, pc, label, ratio, stats, calib, log, progress,
+                _prune_retrain(cfg, data, source, pc, label, ratio, stats_for(pc), calib, log, progress,
                                skip_first=True)
             result[key] = _load_pruned(path)
             continue
-        if not is_main and log.has((data.task, f"prune-{label}:retrained", None, p.retrain_seeds - 1, ratio)):
+        if not is_main and _retrained_recorded(data, log, label, ratio, p.retrain_seeds - 1):
             continue
-        stats = None
-        if pc.needs_calibration:
-            if pc.criterion not in stats_cache:  # Δ statistics depend on the source model only
-                stats_cache[pc.criterion] = calibrate(source, calib, pc)
-            stats = stats_cache[pc.criterion]
-        model = _prune_retrain(cfg, data, source, pc, label, ratio, stats, calib, log, progress)
+        model = _prune_retrain(cfg, data, source, pc, label, ratio, stats_for(pc), calib, log, progress)
         if not is_main:
             continue
         masks = model.analogformer_masks
@@ -161,7 +163,7 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
         name = f"prune-{label}:retrained"
         # resumed: a recorded seed is not retrained again — except the first, whose model
         # goes on, unless the caller has it saved already (`skip_first`)
-        if (k or skip_first) and log.has((next(iter(data.evals)), name, None, k, ratio)):
+        if (k or skip_first) and _retrained_recorded(data, log, label, ratio, k):
             scores.append(_record(data, log, name, "retrained", model, ratio, label, repeat=k))
             continue
         m = model if k == 0 else copy.deepcopy(start)
@@ -191,7 +193,7 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
 
 def _control(cfg, data, source: nn.Module, log: RecordLog, progress: bool) -> None:
     """The dense model retrained with the pruning recipe (no masks): method "none", ratio 0."""
-    if log.has((next(iter(data.evals)), "prune-none:retrained", None, 0, 0.0)):
+    if _retrained_recorded(data, log, "none", 0.0, 0):
         return
     fcfg = cfg.finetune_for(data.task, cfg.pruning.retrain)
     model = copy.deepcopy(source).eval()
@@ -209,6 +211,12 @@ def _selection(hist) -> dict:
     if not hist.evals:
         return {}
     return {"dev_evals": [[s, v] for s, v in hist.evals], "best_step": hist.best_step}
+
+
+def _retrained_recorded(data, log: RecordLog, label: str, ratio: float, seed: int) -> bool:
+    """Whether the retrained record of method `label` at `ratio` for retraining seed number
+    `seed` is in the log (keyed by the first eval split, as `_record` writes it)."""
+    return log.has((next(iter(data.evals)), f"prune-{label}:retrained", None, seed, ratio))
 
 
 def _record(data, log: RecordLog, condition: str, stage: str, model: nn.Module, ratio: float,
