@@ -190,6 +190,10 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def _unlabelled(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
 def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.cpu()
 
@@ -248,16 +252,16 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
     aug_gen = torch.Generator().manual_seed(cfg.seed) if augment else None
     special = list(special_ids) if augment else []
 
-    def distill_terms(inputs: dict) -> torch.Tensor:
-        """KD (+ layer-wise) loss of the student against the teacher on label-free inputs."""
-        out = model(**inputs, output_hidden_states=hidden) if hidden else model(**inputs)
+    def teacher_terms(out, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logit KD, layer-wise term or None) of the student's output `out` against the
+        teacher on the same batch (labels are not the teacher's business)."""
         with torch.no_grad():
-            tgt = teacher(**inputs, output_hidden_states=hidden)
-        term = distillation_loss(out.logits, tgt.logits, cfg.distill_temperature)
-        if hidden:
-            term = term + cfg.distill_hidden_weight * hidden_distillation_loss(
-                out.hidden_states, tgt.hidden_states, inputs.get("attention_mask"))
-        return term
+            tgt = teacher(**_unlabelled(batch), output_hidden_states=hidden)
+        soft = distillation_loss(out.logits, tgt.logits, cfg.distill_temperature)
+        if not hidden:
+            return soft, None
+        return soft, cfg.distill_hidden_weight * hidden_distillation_loss(
+            out.hidden_states, tgt.hidden_states, batch.get("attention_mask"))
 
     def dev_eval() -> None:
         rng = torch.get_rng_state()
@@ -281,25 +285,22 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
             output = model(**batch, output_hidden_states=True) if hidden else model(**batch)
             loss = output.loss
             if distill or hidden:
-                with torch.no_grad():
-                    target = teacher(**{k: v for k, v in batch.items() if k != "labels"},
-                                     output_hidden_states=hidden)
-            if distill:
-                soft = distillation_loss(output.logits, target.logits, cfg.distill_temperature)
-                loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * soft
-            if hidden:
-                loss = loss + cfg.distill_hidden_weight * hidden_distillation_loss(
-                    output.hidden_states, target.hidden_states, batch.get("attention_mask"))
+                soft, layers = teacher_terms(output, batch)
+                if distill:
+                    loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * soft
+                if hidden:
+                    loss = loss + layers
             if extra_loss is not None:
                 loss = loss + extra_loss(model)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if augment:  # a second backward: the first graph is freed before this one is built
-                inputs = {k: v for k, v in batch.items() if k != "labels"}
-                inputs["input_ids"] = augment_tokens(batch["input_ids"].cpu(),
-                                                     _cpu(batch.get("attention_mask")),
-                                                     cfg.augment_prob, special, aug_gen).to(device)
-                aug_loss = cfg.augment_weight * distill_terms(inputs)
+                aug = dict(batch, input_ids=augment_tokens(batch["input_ids"].cpu(),
+                                                           _cpu(batch.get("attention_mask")),
+                                                           cfg.augment_prob, special, aug_gen).to(device))
+                out = model(**_unlabelled(aug), output_hidden_states=hidden)
+                soft, layers = teacher_terms(out, aug)
+                aug_loss = cfg.augment_weight * (soft if layers is None else soft + layers)
                 aug_loss.backward()
                 loss = loss.detach() + aug_loss.detach()
             if cfg.max_grad_norm is not None:
