@@ -352,7 +352,8 @@ def test_pruning_study_config_errors():
                      ({"baselines": [{"ratio": 0.1}]}, "not per baseline"),
                      ({"baselines": {"criterion": "random"}}, "pruning.baselines"),
                      ({"retrain_seeds": 0}, "retrain_seeds"),
-                     ({"retrain_seeds": 2, "stages": 2}, "retrain_seeds.*one-shot pruning")):
+                     ({"retrain_seeds": 2, "stages": 2}, "retrain_seeds.*one-shot pruning"),
+                     ({"stages": 2, "retrain": {"ema_decay": 0.9}}, "retrain.ema_decay.*masks that stay fixed")):
         with pytest.raises(ValueError, match=msg):
             from_dict(StudyConfig, {**base, "pruning": bad})
 
@@ -384,6 +385,9 @@ def test_config_round_trip_yaml():
     ("finetune.augment_prob=0.3", r"augment_prob=0.3 for 'sst2': the digital fine-tune has no teacher"),
     ("finetune_per_task={sst2: {distill_weight: 0.5}}", r"distill_weight=0.5 for 'sst2'.*pruning.retrain"),
     ("finetune_per_task={sst2: {epochz: 1}}", r"finetune_per_task\.sst2: unknown key"),
+    ("pruning={retrain: {ema_decay: 1.5}}", r"pruning\.retrain: ema_decay must be in \(0, 1\)"),
+    ("pruning={retrain: {learnin_rate: 1e-5}}", r"pruning\.retrain: unknown key\(s\) \['learnin_rate'\]"),
+    ("hwa={finetune: {epochs: 0}}", r"hwa\.finetune: epochs must be an int >= 1"),
     ("analog.tile.split_policy=random", r"split_policy: must be one of \['balanced', 'fill_first'\]"),
     ("mystery=1", r"unknown key\(s\) \['mystery'\]"),
     ("analog.adc=5", r"analog\.adc: expected ADCConfig"),

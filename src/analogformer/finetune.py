@@ -14,6 +14,7 @@ memorised (the losses and the augmentation are in ``distill.py``).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .averaging import WeightAverage
 from .distill import augment_tokens, distillation_loss, hidden_distillation_loss
 from .tasks.glue import get_task
 from .tasks.metrics import compute_metrics, predictions_from_logits
@@ -104,6 +106,13 @@ class FinetuneConfig:
     # restored at the end (as the HF Trainer's load_best_model_at_end). None = no evaluations.
     eval_every: int | None = None
     keep_best: bool = False
+    # Weight averaging: keep an exponential moving average of the trainable parameters,
+    # ema <- d * ema + (1 - d) * params after every optimizer step (after `after_step`: a
+    # fixed pruning mask and weight clipping hold in the average too, masks that change during
+    # training do not), starting from the weights training starts from. The averaged weights are what dev evaluations score and what the
+    # model holds at the end (Polyak averaging; e.g. 0.99 averages ~the last 100 steps, and
+    # damps the step-to-step swings of fine-tuning on small tasks). None = off.
+    ema_decay: float | None = None
 
     def __post_init__(self):
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
@@ -133,6 +142,10 @@ class FinetuneConfig:
         if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
             raise ValueError(f"distill_temperature must be a finite number > 0, "
                              f"got {self.distill_temperature}")
+        if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float))
+                                               and 0 < self.ema_decay < 1):
+            raise ValueError(f"ema_decay must be in (0, 1) (e.g. 0.99 averages about the last 100 "
+                             f"steps) or null (off), got {self.ema_decay!r}")
         if not isinstance(self.keep_best, bool):
             raise ValueError(f"keep_best must be true or false, got {self.keep_best!r}")
         if self.keep_best and self.eval_every is None:
@@ -251,6 +264,7 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
     best: dict = {}
     aug_gen = torch.Generator().manual_seed(cfg.seed) if augment else None
     special = list(special_ids) if augment else []
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay is not None else None
 
     def teacher_terms(out, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logit KD, layer-wise term or None) of the student's output `out` against the
@@ -264,16 +278,18 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
             out.hidden_states, tgt.hidden_states, batch.get("attention_mask"))
 
     def dev_eval() -> None:
-        rng = torch.get_rng_state()
-        value = score(model)
-        torch.set_rng_state(rng)
-        model.train()
-        if value is None:
-            return
-        history.evals.append((history.steps, float(value)))
-        if cfg.keep_best and ("score" not in best or value > best["score"]):
-            best.update(score=value, step=history.steps,
-                        state={k: v.detach().clone() for k, v in model.state_dict().items()})
+        # with weight averaging the averaged weights are the candidate: scored and kept
+        with ema.swapped() if ema is not None else contextlib.nullcontext():
+            rng = torch.get_rng_state()
+            value = score(model)
+            torch.set_rng_state(rng)
+            model.train()
+            if value is None:
+                return
+            history.evals.append((history.steps, float(value)))
+            if cfg.keep_best and ("score" not in best or value > best["score"]):
+                best.update(score=value, step=history.steps,
+                            state={k: v.detach().clone() for k, v in model.state_dict().items()})
 
     model.train()
     if cfg.eval_every is not None:
@@ -310,6 +326,8 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
             scheduler.step()
             if after_step is not None:
                 after_step(model)
+            if ema is not None:
+                ema.update()
             history.losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(loss=f"{history.losses[-1]:.4f}")
@@ -322,6 +340,8 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
     if best:
         model.load_state_dict(best["state"])
         history.best_step = best["step"]
+    elif ema is not None:
+        ema.copy_to_model()
     model.eval()
     return history
 

@@ -132,6 +132,11 @@ class PruneStudyConfig:
             _fail("PruneStudyConfig", "retrain_seeds", "several retraining seeds need one-shot pruning "
                                                        "(stages: 1, no admm_rho): gradual and ADMM pruning "
                                                        "choose their masks during the retraining")
+        if self.stages > 1 and self.retrain.get("ema_decay") is not None:
+            _fail("PruneStudyConfig", "retrain.ema_decay", "weight averaging needs masks that stay fixed "
+                                                            "during the retraining; gradual pruning "
+                                                            "(stages > 1) changes them (the average would "
+                                                            "keep rows pruned later): use stages: 1")
 
     def variant(self, **overrides) -> PruneConfig:
         """`prune` with some fields replaced (validated)."""
@@ -213,12 +218,21 @@ class StudyConfig:
                 if getattr(f, name) > 0:
                     _fail("StudyConfig", "finetune", f"{name}={getattr(f, name)} for {task!r}: the digital "
                           "fine-tune has no teacher; set it under pruning.retrain or hwa.finetune")
+        # the retraining and HWA recipes are checked now too, not after the digital fine-tunes
+        for section, over in (("pruning.retrain", self.pruning.retrain if self.pruning else None),
+                              ("hwa.finetune", self.hwa.finetune if self.hwa else None)):
+            if over is not None:
+                for task in self.tasks:
+                    self.finetune_for(task, over, prefix=section)
 
-    def finetune_for(self, task: str, overrides: Optional[Dict[str, Any]] = None) -> FinetuneConfig:
+    def finetune_for(self, task: str, overrides: Optional[Dict[str, Any]] = None,
+                     prefix: Optional[str] = None) -> FinetuneConfig:
+        """The fine-tuning recipe for `task`: `finetune`, then `finetune_per_task[task]`, then
+        `overrides` (e.g. `pruning.retrain`; errors name `prefix`)."""
         base = to_dict(self.finetune)
         base.update(self.finetune_per_task.get(task, {}))
         base.update(overrides or {})
-        return from_dict(FinetuneConfig, base, prefix=f"finetune_per_task.{task}")
+        return from_dict(FinetuneConfig, base, prefix=prefix or f"finetune_per_task.{task}")
 
 
 # ------------------------------------------------------------------ YAML + overrides

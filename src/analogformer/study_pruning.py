@@ -124,7 +124,8 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
     if pc.admm_rho is not None:
         _log(f"{data.task}: {label} ratio {ratio:.3f}: ADMM phase (rho {pc.admm_rho:g})")
         admm = ADMMPruner(model, pc, stats)
-        phase = replace(fcfg, eval_every=None, keep_best=False)  # selection: in the retraining
+        # selection and weight averaging belong to the retraining after the hard pruning
+        phase = replace(fcfg, eval_every=None, keep_best=False, ema_decay=None)
         finetune(model, data.train_loader(fcfg.batch_size, fcfg.seed + 11), phase,
                  after_step=admm.step, extra_loss=admm.penalty, progress=progress, teacher=teacher,
                  special_ids=data.special_ids)
