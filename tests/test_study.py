@@ -160,9 +160,9 @@ def test_pruning_step_in_study(setup):
                        pruning={"prune": {"criterion": "mac", "structure": "rows", "blocks": ["fc2"],
                                           "ratio": 0.25},
                                 # retrained with the dense model as (layer-wise) distillation teacher,
-                                # also on token-replaced copies of the batches
+                                # also on token-replaced copies of the batches, keeping a weight average
                                 "calibration_batches": 2, "retrain": {"epochs": 1, "distill_hidden_weight": 1.0,
-                                                                      "augment_prob": 0.3}})
+                                                                      "augment_prob": 0.3, "ema_decay": 0.9}})
     out = root / "out_prune"
     assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
     recs = _records(out)
@@ -170,6 +170,8 @@ def test_pruning_step_in_study(setup):
     assert set(stages) == {"dense", "pruned", "retrained"}
     assert stages["pruned"]["prune_ratio"] == 0.25 and stages["dense"]["prune_ratio"] == 0.0
     assert stages["retrained"]["condition"] == "prune-mac-rows:retrained"
+    assert stages["retrained"]["ema_decay"] == 0.9 and "ema_decay" not in stages["pruned"]
+    assert "exponential moving average over the retraining steps (`ema_decay` 0.9)" in (out / "report.md").read_text()
     assert len([r for r in recs if r["condition"] == "pruned"]) == 2 * 2
     from analogformer.pruning import load_compacted
     pruned = load_compacted(str(out / "checkpoints" / "sst2" / "pruned"))

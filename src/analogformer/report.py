@@ -335,6 +335,7 @@ def _sections(d: Path, st: _Study, records, skipped, title) -> list[tuple]:
     if plots:
         B += [("h", 2, "Plots")] + [("img", a, f) for a, f in plots]
     if st.prune_rows:
+        emas = {r["ema_decay"] for r in st.records if r.get("ema_decay") is not None}
         B += [("h", 2, "Pruning"),
               ("p", "Digital headline metric (points) of each pruning method and ratio: the dense model, "
                     "right after pruning, and after retraining with the masks held. Methods are "
@@ -351,7 +352,10 @@ def _sections(d: Path, st: _Study, records, skipped, title) -> list[tuple]:
                        if any(r["stage"] == "retrained" and r["n"] > 1 for r in st.prune_rows) else "")
                     + (" After retraining is the retrained state with the best dev score among the "
                        "evaluations during retraining (`keep_best`), i.e. selected on the split it is "
-                       "reported on." if any(r.get("best_step") is not None for r in st.records) else ""))]
+                       "reported on." if any(r.get("best_step") is not None for r in st.records) else "")
+                    + (" The retrained weights are an exponential moving average over the retraining "
+                       f"steps (`ema_decay` {', '.join(sorted({f'{v:g}' for v in emas}))}), starting from "
+                       "the state the retraining started from." if emas else ""))]
         for task in _ordered(st.prune_rows, "task"):
             rows_t = [r for r in st.prune_rows if r["task"] == task]
             f = f"pruning_{_safe(task)}.png"

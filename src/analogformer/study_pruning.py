@@ -179,7 +179,8 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
         masks.remove_hooks()
         tag = f" (seed {fk.seed})" if p.retrain_seeds > 1 else ""
         log_evals(data.task, f"{label} ratio {ratio:.3f} retraining{tag}", hist)
-        scores.append(_record(data, log, name, "retrained", m, ratio, label, repeat=k, **_selection(hist)))
+        scores.append(_record(data, log, name, "retrained", m, ratio, label, repeat=k,
+                              **_selection(hist, fk)))
         _log(f"{data.task}: {label} ratio {ratio:.3f} after retraining{tag} {100 * scores[-1]:.2f}")
         if k:
             del m  # only the first seed's model goes on
@@ -203,15 +204,17 @@ def _control(cfg, data, source: nn.Module, log: RecordLog, progress: bool) -> No
                     teacher=source if fcfg.needs_teacher else None, special_ids=data.special_ids,
                     score=(lambda m: dev_headline(data, m)) if fcfg.eval_every else None)
     log_evals(data.task, "control retraining", hist)
-    value = _record(data, log, "prune-none:retrained", "retrained", model, 0.0, "none", **_selection(hist))
+    value = _record(data, log, "prune-none:retrained", "retrained", model, 0.0, "none", **_selection(hist, fcfg))
     _log(f"{data.task}: control (dense, retrained) {100 * value:.2f}")
 
 
-def _selection(hist) -> dict:
-    """Record fields of a retraining's dev evaluations (none without eval_every)."""
-    if not hist.evals:
-        return {}
-    return {"dev_evals": [[s, v] for s, v in hist.evals], "best_step": hist.best_step}
+def _selection(hist, fcfg) -> dict:
+    """Record fields of how a retrained state was chosen: the dev evaluations (with
+    eval_every) and the weight average's decay (with ema_decay)."""
+    out = {} if fcfg.ema_decay is None else {"ema_decay": fcfg.ema_decay}
+    if hist.evals:
+        out.update(dev_evals=[[s, v] for s, v in hist.evals], best_step=hist.best_step)
+    return out
 
 
 def _retrained_recorded(data, log: RecordLog, label: str, ratio: float, seed: int) -> bool:
