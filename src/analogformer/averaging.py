@@ -24,14 +24,12 @@ class WeightAverage:
         self.decay = float(decay)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.average = [p.detach().clone() for p in self.params]
-        self.updates = 0
 
     @torch.no_grad()
     def update(self) -> None:
         """Fold the current parameters into the average (once per optimizer step)."""
         for a, p in zip(self.average, self.params):
             a.lerp_(p.detach(), 1.0 - self.decay)
-        self.updates += 1
 
     @torch.no_grad()
     def copy_to_model(self) -> None:

@@ -108,10 +108,11 @@ class FinetuneConfig:
     keep_best: bool = False
     # Weight averaging: keep an exponential moving average of the trainable parameters,
     # ema <- d * ema + (1 - d) * params after every optimizer step (after `after_step`: a
-    # fixed pruning mask and weight clipping hold in the average too, masks that change during
-    # training do not), starting from the weights training starts from. The averaged weights are what dev evaluations score and what the
-    # model holds at the end (Polyak averaging; e.g. 0.99 averages ~the last 100 steps, and
-    # damps the step-to-step swings of fine-tuning on small tasks). None = off.
+    # fixed pruning mask and weight clipping hold in the average too, masks that change
+    # during training do not), starting from the weights training starts from. The averaged
+    # weights are what dev evaluations score and what the model holds at the end (Polyak
+    # averaging; 0.99 averages ~the last 100 steps and damps the step-to-step swings of
+    # fine-tuning on small tasks); the live weights train exactly as without. None = off.
     ema_decay: float | None = None
 
     def __post_init__(self):
