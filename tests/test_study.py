@@ -358,6 +358,9 @@ def test_pruning_study_config_errors():
                      ({"stages": 2, "retrain": {"ema_decay": 0.9}}, "retrain.ema_decay.*masks that stay fixed")):
         with pytest.raises(ValueError, match=msg):
             from_dict(StudyConfig, {**base, "pruning": bad})
+    # the retraining recipe inherits `finetune`: an average set there is refused too
+    with pytest.raises(ValueError, match=r"pruning\.retrain\.ema_decay: 0\.9 for 'sst2'.*masks that stay fixed"):
+        from_dict(StudyConfig, {**base, "finetune": {"ema_decay": 0.9}, "pruning": {"stages": 2}})
 
 
 # ------------------------------------------------------------------ config

@@ -132,11 +132,6 @@ class PruneStudyConfig:
             _fail("PruneStudyConfig", "retrain_seeds", "several retraining seeds need one-shot pruning "
                                                        "(stages: 1, no admm_rho): gradual and ADMM pruning "
                                                        "choose their masks during the retraining")
-        if self.stages > 1 and self.retrain.get("ema_decay") is not None:
-            _fail("PruneStudyConfig", "retrain.ema_decay", "weight averaging needs masks that stay fixed "
-                                                            "during the retraining; gradual pruning "
-                                                            "(stages > 1) changes them (the average would "
-                                                            "keep rows pruned later): use stages: 1")
 
     def variant(self, **overrides) -> PruneConfig:
         """`prune` with some fields replaced (validated)."""
@@ -223,7 +218,13 @@ class StudyConfig:
                               ("hwa.finetune", self.hwa.finetune if self.hwa else None)):
             if over is not None:
                 for task in self.tasks:
-                    self.finetune_for(task, over, prefix=section)
+                    f = self.finetune_for(task, over, prefix=section)
+                    # on the resolved recipe: ema_decay may come from `finetune` / `finetune_per_task`
+                    if section == "pruning.retrain" and self.pruning.stages > 1 and f.ema_decay is not None:
+                        _fail("StudyConfig", "pruning.retrain.ema_decay",
+                              f"{f.ema_decay} for {task!r}: weight averaging needs masks that stay fixed "
+                              "during the retraining; gradual pruning (stages > 1) changes them (the "
+                              "average would keep rows pruned later): use stages: 1, or ema_decay: null")
 
     def finetune_for(self, task: str, overrides: Optional[Dict[str, Any]] = None,
                      prefix: Optional[str] = None) -> FinetuneConfig:
