@@ -9,6 +9,7 @@ same command on the same output folder continues where it stopped.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import platform
 import time
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from .config import to_dict
-from .finetune import default_model_path, evaluate, load_model_and_tokenizer
+from .finetune import _unlabelled, default_model_path, evaluate, load_model_and_tokenizer
 from .study_config import StudyConfig, dump_study_config
 from .study_finetune import digital_model, hwa_model
 from .sweep import CONDITIONS, Condition, RecordLog, run_time_sweep
@@ -76,10 +77,6 @@ def check_output_dir(out: Path, cfg: StudyConfig) -> None:
     path.write_text(text)
 
 
-def _strip_labels(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if k != "labels"}
-
-
 class TaskData:
     """Tokenized train/eval data of one task, built once and reused by every step."""
 
@@ -100,15 +97,15 @@ class TaskData:
             ex = load_glue_examples(self.task, split, d.glue_dir, n_eval, cfg.seed)
             enc = encode_examples(ex, tokenizer, d.max_length)
             self.evals[key] = list(make_loader(enc, cfg.sweep.eval_batch_size, shuffle=False))
-        loader = make_loader(self.train, fcfg.batch_size, shuffle=True, seed=cfg.seed + 1)
-        self.calib = []
-        for b in loader:
-            self.calib.append(_strip_labels(b))
-            if len(self.calib) >= cfg.sweep.calibration_batches:
-                break
+        self.calib = self.unlabelled_batches(cfg.sweep.calibration_batches, fcfg.batch_size, cfg.seed + 1)
 
     def train_loader(self, batch_size: int, seed: int):
         return make_loader(self.train, batch_size, shuffle=True, seed=seed)
+
+    def unlabelled_batches(self, n: int, batch_size: int, seed: int) -> List[dict]:
+        """The first `n` batches of `train_loader(batch_size, seed)` without labels
+        (calibration inputs)."""
+        return [_unlabelled(b) for b in itertools.islice(self.train_loader(batch_size, seed), n)]
 
 
 def _attention_prepare(cfg: StudyConfig, calib: List[dict]):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -53,11 +54,7 @@ def pruned_models(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progr
     from .pruning import calibrate
 
     p = cfg.pruning
-    calib = []
-    for b in data.train_loader(cfg.finetune_for(data.task).batch_size, cfg.seed + 3):
-        calib.append({k: v for k, v in b.items() if k != "labels"})
-        if len(calib) >= p.calibration_batches:
-            break
+    calib = data.unlabelled_batches(p.calibration_batches, cfg.finetune_for(data.task).batch_size, cfg.seed + 3)
     source = models[p.source]
     if p.control:
         _control(cfg, data, source, log, progress)
@@ -185,10 +182,9 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
         if k:
             del m  # only the first seed's model goes on
     if len(scores) > 1:
-        mean = sum(scores) / len(scores)
-        sd = (sum((v - mean) ** 2 for v in scores) / (len(scores) - 1)) ** 0.5
         _log(f"{data.task}: {label} ratio {ratio:.3f} after retraining, {len(scores)} seeds: "
-             f"{100 * mean:.2f} (sd {100 * sd:.2f}; {', '.join(f'{100 * v:.2f}' for v in scores)})")
+             f"{100 * statistics.mean(scores):.2f} (sd {100 * statistics.stdev(scores):.2f}; "
+             f"{', '.join(f'{100 * v:.2f}' for v in scores)})")
     model.analogformer_masks = masks
     return model
 
