@@ -6,7 +6,7 @@ from transformers import BertConfig, BertModel
 
 from analogformer.pruning import PruneConfig, calibrate, compute_masks, reconstruct, prune
 from analogformer.pruning.mac import MacStats
-from analogformer.pruning.obs import greedy_row_order
+from analogformer.pruning.obs import GreedyRows, greedy_row_order, remove_globally
 
 FC2 = "encoder.layer.{}.output.dense"
 
@@ -105,8 +105,6 @@ def test_obs_rows_on_bert_couple_fc1_and_fit_better_than_mac_after_reconstruct()
 def test_obs_errors_name_the_problem():
     with pytest.raises(ValueError, match="PruneConfig.structure"):
         PruneConfig(criterion="obs", structure="columns")
-    with pytest.raises(ValueError, match="PruneConfig.scope"):
-        PruneConfig(criterion="obs", scope="global")
     model = tiny_bert()
     batches = [{"input_ids": torch.randint(1, 100, (2, 8))}]
     no_gram = calibrate(model, batches, PruneConfig(criterion="mac"))
@@ -118,3 +116,69 @@ def test_obs_errors_name_the_problem():
         greedy_row_order(torch.ones(2, 8), torch.eye(4), 1)
     with pytest.raises(ValueError, match="0 to 7"):
         greedy_row_order(torch.ones(2, 8), torch.eye(9), 8)
+
+
+def test_greedy_step_errors_are_the_increases_of_the_refit_error():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(500, 7, generator=g, dtype=torch.float64)
+    x[:, 5] = 0.5 * x[:, 0] + 0.1 * torch.randn(500, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 7, generator=g, dtype=torch.float64)
+    b = torch.randn(4, generator=g, dtype=torch.float64)
+    h = gram_of(x, x @ w.T + b)
+    scores, errors = greedy_row_order(w, h, count=5, damping=1e-10, return_errors=True)
+    order = torch.argsort(scores)[:5].tolist()
+    before = 0.0
+    for step in range(5):
+        after = refit_error(w, b, x, [k for k in range(7) if k not in order[:step + 1]])
+        assert errors[step].item() == pytest.approx(after - before, rel=1e-6, abs=1e-12)
+        before = after
+    assert torch.equal(greedy_row_order(w, h, count=5, damping=1e-10), scores)
+
+
+def test_remove_globally_takes_the_cheapest_running_maximum_errors():
+    """Lockstep removal over three matrices equals taking the `total` smallest entries of
+    the matrices' running-maximum error sequences (computed in full), for every total."""
+    g = torch.Generator().manual_seed(3)
+    mats = []
+    for n in (6, 9, 5):
+        x = torch.randn(300, n, generator=g, dtype=torch.float64)
+        x[:, 1] = x[:, 0] + 0.2 * torch.randn(300, generator=g, dtype=torch.float64)
+        w = torch.randn(3, n, generator=g, dtype=torch.float64) * torch.rand(n, generator=g, dtype=torch.float64)
+        mats.append((w, gram_of(x, x @ w.T)))
+    full = [torch.cummax(greedy_row_order(w, h, damping=1e-6, return_errors=True)[1], 0).values
+            for w, h in mats]
+    owner = torch.cat([torch.full((len(e),), i) for i, e in enumerate(full)])
+    for total in range(0, sum(len(e) for e in full) + 1):
+        states = [GreedyRows(w, h, damping=1e-6) for w, h in mats]
+        counts = remove_globally(states, total)
+        expect = torch.bincount(owner[torch.argsort(torch.cat(full), stable=True)[:total]], minlength=3)
+        assert counts == expect.tolist() and sum(counts) == total
+        for (w, h), st, c in zip(mats, states, counts):  # each loses a prefix of its own order
+            assert st.order == torch.argsort(greedy_row_order(w, h, damping=1e-6))[:c].tolist()
+    with pytest.raises(ValueError, match="cannot remove 18"):
+        remove_globally([GreedyRows(w, h) for w, h in mats], 18)
+    # scaled errors: a matrix whose errors count 1000x less gives up its rows first
+    w, h = mats[0]
+    st = [GreedyRows(w, h, scale=1.0), GreedyRows(w, h, scale=1e-3)]
+    assert remove_globally(st, 3) == [0, 3]
+
+
+def test_obs_global_takes_the_rows_where_the_refit_loses_least():
+    """Layer 0's FC2 gets 32 nearly silent rows: removing them costs (almost) nothing, so
+    global OBS at 1/4 of both layers' 128 rows takes all 32 from layer 0 and none from
+    layer 1, where "layer" scope would take 16 + 16; FC1 columns follow (coupled)."""
+    model = tiny_bert()
+    with torch.no_grad():
+        model.encoder.layer[0].output.dense.weight[:, 32:] *= 1e-4
+    batches = [{"input_ids": torch.randint(1, 100, (4, 16), generator=torch.Generator().manual_seed(k)),
+                "attention_mask": torch.ones(4, 16, dtype=torch.long)} for k in range(4)]
+    cfg = PruneConfig(criterion="obs", ratio=0.25, scope="global", reconstruct=True)
+    stats = calibrate(model, batches, cfg)
+    masks = compute_masks(model, cfg, stats)
+    gone0, gone1 = masks.removed_rows(FC2.format(0)), masks.removed_rows(FC2.format(1))
+    assert len(gone1) == 0 and sorted(gone0.tolist()) == list(range(32, 64))
+    assert not masks.weight["encoder.layer.0.intermediate.dense"][gone0].any()
+    layer = compute_masks(model, PruneConfig(criterion="obs", ratio=0.25, reconstruct=True), stats)
+    assert [len(layer.removed_rows(FC2.format(k))) for k in range(2)] == [16, 16]
+    # the same greedy order: layer 0's first 16 removals are the layer-scope set
+    assert set(layer.removed_rows(FC2.format(0)).tolist()) <= set(gone0.tolist())

@@ -16,7 +16,7 @@ from torch import nn
 
 from .mac import LayerStats, MacStats
 from .masks import PruningMasks
-from .obs import greedy_row_order
+from .obs import GreedyRows, greedy_row_order, remove_globally
 from .prune_config import PruneConfig
 from .targets import FFNGroup, analog_matrices, ffn_groups, find_targets, linear_weight
 
@@ -88,6 +88,18 @@ def unit_scores(weight: torch.Tensor, cfg: PruneConfig,
     else:
         s = a
     return s.sqrt() if crit == "l2" else s
+
+
+def _obs_greedy(weight: torch.Tensor, cfg: PruneConfig, stats: Optional[MacStats], name: str,
+                has_bias: bool) -> GreedyRows:
+    """Criterion "obs", scope "global": the greedy removal state of one matrix, its errors
+    scaled to the mean relative squared output error per calibration frame (comparable
+    across matrices: every frame's error is relative to its own output, see `mac`)."""
+    st = stats[name] if stats is not None and name in stats else None
+    if st is None or st.gram is None:
+        raise ValueError(f"criterion 'obs' needs the calibration Gram matrix of {name!r}: pass "
+                         "stats=calibrate(model, batches, cfg) with cfg.criterion 'obs'")
+    return GreedyRows(weight, st.gram, cfg.reconstruct_damping, has_bias, scale=1.0 / max(st.frames, 1))
 
 
 def _keep_from_scores(scores: Sequence[torch.Tensor], ratio: float,
@@ -184,15 +196,30 @@ def masks_from_weights(weights: Dict[str, torch.Tensor], blocks: Dict[str, str],
     bm: Dict[str, torch.Tensor] = {}
     by_block: Dict[str, List[Tuple[Tuple[str, ...], torch.Tensor]]] = {}
     gen = torch.Generator().manual_seed(cfg.seed)  # "random": one stream over the matrices in order
+    obs_global = cfg.criterion == "obs" and cfg.scope == "global"
+    greedy: Dict[str, List[GreedyRows]] = {}
     for lead, members in joint.items():
-        s = sum(unit_scores(weights[n], cfg, stats[n] if stats is not None and n in stats
-                            else None, generator=gen, ratio=cfg.ratio_for(blocks[lead]),
-                            has_bias=has_bias.get(n, True)) for n in members)
-        if previous is not None and lead in previous.weight:
-            s = s.masked_fill(removed_units(previous.weight[lead], cfg), -math.inf)
+        if obs_global:  # scored below, once the block's matrices have shared out its rows
+            w = weights[lead]
+            if previous is not None and lead in previous.weight:  # removed rows are zero: first
+                w = w * previous.weight[lead]
+            greedy.setdefault(blocks[lead], []).append(
+                _obs_greedy(w, cfg, stats, lead, has_bias.get(lead, True)))
+            s = None
+        else:
+            s = sum(unit_scores(weights[n], cfg, stats[n] if stats is not None and n in stats
+                                else None, generator=gen, ratio=cfg.ratio_for(blocks[lead]),
+                                has_bias=has_bias.get(n, True)) for n in members)
+            if previous is not None and lead in previous.weight:
+                s = s.masked_fill(removed_units(previous.weight[lead], cfg), -math.inf)
         by_block.setdefault(blocks[lead], []).append((members, s))
     for block, units in by_block.items():
-        keeps = _keep_from_scores([s for _, s in units], cfg.ratio_for(block), cfg.scope)
+        if obs_global:  # the block's cheapest removals over all its matrices
+            states = greedy[block]
+            remove_globally(states, int(round(cfg.ratio_for(block) * sum(g.n for g in states))))
+            keeps = [g.alive.clone() for g in states]
+        else:
+            keeps = _keep_from_scores([s for _, s in units], cfg.ratio_for(block), cfg.scope)
         for (members, _), keep in zip(units, keeps):
             for n in members:
                 shp = tuple(weights[n].shape)

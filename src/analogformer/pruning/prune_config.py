@@ -41,7 +41,9 @@ class PruneConfig:
     criterion: "mac" (seed 000 MAC contribution, needs calibration statistics),
         "obs" (structured Optimal Brain Surgeon: rows removed greedily by how badly the
         other rows can make up for them by least squares on the calibration frames — the
-        criterion to pair with `reconstruct`; rows only, scope "layer"),
+        criterion to pair with `reconstruct`; rows only; with scope "global" each matrix
+        loses as many rows as the cheapest removals over all matrices of the block allot it,
+        by the mean relative squared output error per calibration frame of each greedy step),
         "magnitude" (|w|, irregular), "l1" / "l2" (norm of a row, column or block),
         "activation" (|W_ij|·‖x_j‖₂ summed over the unit; needs calibration statistics),
         "random" (uniform random scores drawn from `seed`: the control every criterion must beat).
@@ -53,7 +55,8 @@ class PruneConfig:
         for the blocks it names (e.g. {"fc2": 512/3072} as seed 000).
     blocks: which transformer blocks are pruned ("in_proj", "out_proj", "fc1", "fc2").
     scope: "layer" removes `ratio` of each matrix's units; "global" ranks the units of all
-        selected matrices of a block together (seed 000 ranks across layers).
+        selected matrices of a block together (seed 000 ranks across layers), so layers lose
+        different numbers of units; the block as a whole still loses `ratio`.
     coupled_ffn: removing FC2 input rows also removes the matching FC1 output columns and
         bias entries (gate and up for LLaMA), and vice versa.
     exclude: extra regexes on module names never pruned (heads are always excluded).
@@ -94,9 +97,6 @@ class PruneConfig:
                                f"{list(_ALLOWED[self.criterion])}, got {self.structure!r}")
         if self.scope not in SCOPES:
             _fail("scope", f"must be one of {list(SCOPES)}, got {self.scope!r}")
-        if self.criterion == "obs" and self.scope != "layer":
-            _fail("scope", "criterion 'obs' removes rows greedily within each matrix; "
-                           "use scope 'layer' (its scores do not rank across matrices)")
         if isinstance(self.blocks, str):
             self.blocks = (self.blocks,)
         self.blocks = tuple(self.blocks)
