@@ -182,3 +182,19 @@ def test_obs_global_takes_the_rows_where_the_refit_loses_least():
     assert [len(layer.removed_rows(FC2.format(k))) for k in range(2)] == [16, 16]
     # the same greedy order: layer 0's first 16 removals are the layer-scope set
     assert set(layer.removed_rows(FC2.format(0)).tolist()) <= set(gone0.tolist())
+
+
+def test_obs_global_nested_stages_keep_earlier_rows_removed():
+    """Gradual pruning re-scores the pruned model with the earlier masks: the next stage
+    removes a superset, and the block still loses exactly its share."""
+    model = tiny_bert(1)
+    batches = [{"input_ids": torch.randint(1, 100, (4, 16), generator=torch.Generator().manual_seed(k)),
+                "attention_mask": torch.ones(4, 16, dtype=torch.long)} for k in range(3)]
+    first = PruneConfig(criterion="obs", ratio=0.125, scope="global")
+    m1 = prune(model, first, calibrate(model, batches, first))
+    second = PruneConfig(criterion="obs", ratio=0.25, scope="global")
+    m2 = prune(model, second, calibrate(model, batches, second), previous=m1)
+    for k in range(2):
+        assert set(m1.removed_rows(FC2.format(k)).tolist()) <= set(m2.removed_rows(FC2.format(k)).tolist())
+    assert sum(len(m1.removed_rows(FC2.format(k))) for k in range(2)) == 16
+    assert sum(len(m2.removed_rows(FC2.format(k))) for k in range(2)) == 32
