@@ -258,7 +258,8 @@ def test_least_squares_reconstruction_in_study(setup):
     cfg_path = _config(root, glue, model_dir, tasks=["sst2"], conditions=["digital", "pruned-digital"],
                        pruning={"prune": {"criterion": "mac", "structure": "rows", "blocks": ["fc2"],
                                           "ratio": 0.5, "reconstruct": True},
-                                "baselines": [{"reconstruct": False}, {"criterion": "obs"}],
+                                "baselines": [{"reconstruct": False}, {"criterion": "obs"},
+                                              {"criterion": "obs", "scope": "global"}],
                                 "calibration_batches": 2, "retrain": {"epochs": 1}})
     out = root / "out_prune_ls"
     assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
@@ -267,7 +268,9 @@ def test_least_squares_reconstruction_in_study(setup):
     assert set(by) == {"prune:dense", "prune-mac-rows-ls:pruned", "prune-mac-rows-ls:reconstructed",
                        "prune-mac-rows-ls:retrained", "prune-mac-rows:pruned", "prune-mac-rows:retrained",
                        "prune-obs-rows-ls:pruned", "prune-obs-rows-ls:reconstructed",
-                       "prune-obs-rows-ls:retrained"}  # OBS rows (Gram statistics) as a baseline
+                       "prune-obs-rows-ls:retrained",  # OBS rows (Gram statistics) as a baseline
+                       "prune-obs-rows-global-ls:pruned", "prune-obs-rows-global-ls:reconstructed",
+                       "prune-obs-rows-global-ls:retrained"}
     fit = by["prune-mac-rows-ls:reconstructed"]
     assert fit["stage"] == "reconstructed" and fit["prune_ratio"] == 0.5
     errs = fit["output_error"]
@@ -276,6 +279,9 @@ def test_least_squares_reconstruction_in_study(setup):
     # OBS rows (their Gram statistics from the study's calibration): refit errors fall too
     obs_errs = by["prune-obs-rows-ls:reconstructed"]["output_error"]
     assert set(obs_errs) == set(errs) and all(after < before for before, after in obs_errs.values())
+    # OBS global shares the block's rows out over the layers: refit errors fall as well
+    glob = by["prune-obs-rows-global-ls:reconstructed"]["output_error"]
+    assert set(glob) == set(errs) and all(after <= before for before, after in glob.values())
     # the same masks without the refit: identical "after pruning" scores
     assert by["prune-mac-rows:pruned"]["headline"] == by["prune-mac-rows-ls:pruned"]["headline"]
     md = (out / "report.md").read_text()
