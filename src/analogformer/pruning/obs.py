@@ -50,6 +50,11 @@ class GreedyRows:
         self.order: List[int] = []  # rows in removal order
         self._next = None
 
+    @property
+    def room(self) -> int:
+        """How many more rows may go (one always stays)."""
+        return self.n - 1 - len(self.order)
+
     def errors(self) -> torch.Tensor:
         """ε_j of every row at the current W, H⁻¹ (removed rows included)."""
         n = self.n
@@ -58,7 +63,7 @@ class GreedyRows:
     def peek(self) -> Tuple[int, float]:
         """(row, scaled error) of the next removal."""
         if self._next is None:
-            if len(self.order) >= self.n - 1:
+            if self.room <= 0:
                 raise ValueError(f"obs: can remove at most {self.n - 1} of {self.n} rows")
             err = self.errors().masked_fill_(~self.alive, float("inf"))
             j = int(err.argmin())
@@ -101,9 +106,9 @@ def greedy_row_order(weight: torch.Tensor, gram: torch.Tensor, count: Optional[i
     removal, in the Gram's units)."""
     n = weight.shape[1]
     count = n - 1 if count is None else int(count)
-    g = GreedyRows(weight, gram, damping, has_bias)
     if not 0 <= count < n:
         raise ValueError(f"obs: can remove 0 to {n - 1} of {n} rows, got {count}")
+    g = GreedyRows(weight, gram, damping, has_bias)
     errors = torch.tensor([g.remove() for _ in range(count)], dtype=torch.float64)
     return (g.scores(), errors) if return_errors else g.scores()
 
@@ -117,13 +122,13 @@ def remove_globally(matrices: Sequence[GreedyRows], total: int) -> List[int]:
     (`criteria` scales them to the mean relative squared output error per calibration
     frame). Costs `total` greedy steps, as many as removing them matrix by matrix.
     Returns the rows each matrix lost."""
-    room = sum(g.n - 1 - len(g.order) for g in matrices)
+    room = sum(g.room for g in matrices)
     if not 0 <= total <= room:
         raise ValueError(f"obs: cannot remove {total} rows; the matrices allow {room} in all")
     level = [0.0] * len(matrices)  # running maximum of each matrix's removal errors
     counts = [0] * len(matrices)
     for _ in range(total):
-        keys = [max(level[i], g.peek()[1]) if len(g.order) < g.n - 1 else float("inf")
+        keys = [max(level[i], g.peek()[1]) if g.room else float("inf")
                 for i, g in enumerate(matrices)]
         i = min(range(len(keys)), key=keys.__getitem__)
         level[i] = keys[i]
