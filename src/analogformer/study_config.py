@@ -142,6 +142,7 @@ class PruneStudyConfig:
         """A short method name for records and tables: "mac-rows", "random-rows", ..."""
         s = f"{pc.criterion}-{pc.structure}"
         return (s + ("-admm" if pc.admm_rho is not None else "") + ("-global" if pc.scope == "global" else "")
+                + (f"-t{pc.tile_multiple}" if pc.tile_multiple else "")
                 + ("-ls" if pc.reconstruct else ""))
 
     def runs(self):

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .allocate import keep_obs_aligned, keep_scores_aligned
 from .mac import LayerStats, MacStats
 from .masks import PruningMasks
 from .obs import GreedyRows, greedy_row_order, remove_globally
@@ -216,8 +217,20 @@ def masks_from_weights(weights: Dict[str, torch.Tensor], blocks: Dict[str, str],
     for block, units in by_block.items():
         if obs_global:  # the block's cheapest removals over all its matrices
             states = greedy[block]
-            remove_globally(states, int(round(cfg.ratio_for(block) * sum(g.n for g in states))))
-            keeps = [g.alive.clone() for g in states]
+            total = int(round(cfg.ratio_for(block) * sum(g.n for g in states)))
+            if cfg.tile_multiple:
+                least = [int(removed_units(previous.weight[m[0]], cfg).sum())
+                         if previous is not None and m[0] in previous.weight else 0
+                         for m, _ in units]
+                keeps = keep_obs_aligned(states, total, cfg.tile_multiple, least,
+                                         f"block {block!r}")
+            else:
+                remove_globally(states, total)
+                keeps = [g.alive.clone() for g in states]
+        elif cfg.tile_multiple:  # scope "global" (checked by PruneConfig), whole tiles
+            scores = [s for _, s in units]
+            total = int(round(cfg.ratio_for(block) * sum(s.numel() for s in scores)))
+            keeps = keep_scores_aligned(scores, total, cfg.tile_multiple, f"block {block!r}")
         else:
             keeps = _keep_from_scores([s for _, s in units], cfg.ratio_for(block), cfg.scope)
         for (members, _), keep in zip(units, keeps):

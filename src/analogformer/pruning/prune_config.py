@@ -57,6 +57,13 @@ class PruneConfig:
     scope: "layer" removes `ratio` of each matrix's units; "global" ranks the units of all
         selected matrices of a block together (seed 000 ranks across layers), so layers lose
         different numbers of units; the block as a whole still loses `ratio`.
+    tile_multiple: with scope "global" and structure "rows" / "columns": every matrix keeps a
+        multiple of this many units (or all of them) — set it to the tiles' rows (512 on
+        ARES) so the removals free whole tiles; the matrices share out the block's removals
+        by the cheapest such combination (`pruning.allocate`; criterion "obs": the refit
+        error after each matrix's greedy removals, others: the sum of the removed scores).
+        The block removes the total of whole multiples nearest `ratio` (a warning says so
+        when that is not exactly `ratio`). None = units are shared out one by one.
     coupled_ffn: removing FC2 input rows also removes the matching FC1 output columns and
         bias entries (gate and up for LLaMA), and vice versa.
     exclude: extra regexes on module names never pruned (heads are always excluded).
@@ -77,6 +84,7 @@ class PruneConfig:
     block_ratios: Optional[Dict[str, float]] = None
     blocks: Tuple[str, ...] = ("fc2",)
     scope: str = "layer"
+    tile_multiple: Optional[int] = None
     block_shape: Optional[Tuple[int, int]] = None
     coupled_ffn: bool = True
     exclude: Tuple[str, ...] = ()
@@ -97,6 +105,18 @@ class PruneConfig:
                                f"{list(_ALLOWED[self.criterion])}, got {self.structure!r}")
         if self.scope not in SCOPES:
             _fail("scope", f"must be one of {list(SCOPES)}, got {self.scope!r}")
+        if self.tile_multiple is not None:
+            if isinstance(self.tile_multiple, bool) or not isinstance(self.tile_multiple, int) \
+                    or self.tile_multiple <= 0:
+                _fail("tile_multiple", f"must be a positive int (the tiles' rows, e.g. 512) or "
+                                       f"None, got {self.tile_multiple!r}")
+            if self.scope != "global":
+                _fail("tile_multiple", "aligns a global allocation to whole tiles; with scope "
+                                       "'layer' every matrix loses round(ratio·n) units — set "
+                                       "scope: global, or pick a ratio that removes whole tiles")
+            if self.structure not in ("rows", "columns"):
+                _fail("tile_multiple", f"counts whole crossbar rows or columns; structure "
+                                       f"{self.structure!r} is not one of them")
         if isinstance(self.blocks, str):
             self.blocks = (self.blocks,)
         self.blocks = tuple(self.blocks)
