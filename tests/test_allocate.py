@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from analogformer.pruning import PruneConfig, calibrate, compute_masks, prune
+from analogformer.pruning import PruneConfig, calibrate, compute_masks, kept_units, prune
 from analogformer.pruning.allocate import aligned_options, tile_aligned_counts
 from analogformer.pruning.obs import GreedyRows
 from analogformer.study_config import PruneStudyConfig
@@ -117,6 +117,7 @@ def test_magnitude_rows_tile_aligned_removes_each_matrix_lowest_rows():
     masks = compute_masks(model, cfg)
     gone = [masks.removed_rows(FC2.format(k)) for k in range(2)]
     assert [len(g) for g in gone] == [0, 32]
+    assert kept_units(model, cfg, masks) == {"fc2": [64, 32]}
     w = model.encoder.layer[1].output.dense.weight.detach().abs().sum(0)
     assert set(gone[1].tolist()) == set(torch.argsort(w, stable=True)[:32].tolist())
 

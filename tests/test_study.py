@@ -1,6 +1,7 @@
 """End-to-end `analogformer study` on a tiny random BERT and a tiny GLUE folder; config
 validation and round trip; resume after interruption."""
 import json
+import re
 import random
 
 import pytest
@@ -250,7 +251,7 @@ def test_gradual_pruning_keep_best_and_control_in_study(setup):
     assert "| none | 0 |" in md
 
 
-def test_least_squares_reconstruction_in_study(setup):
+def test_least_squares_reconstruction_in_study(setup, capsys):
     """MAC rows with `reconstruct` beside the same method without it: an extra
     "reconstructed" stage between pruning and retraining, with per-matrix output errors,
     in the records and in the report table."""
@@ -259,7 +260,8 @@ def test_least_squares_reconstruction_in_study(setup):
                        pruning={"prune": {"criterion": "mac", "structure": "rows", "blocks": ["fc2"],
                                           "ratio": 0.5, "reconstruct": True},
                                 "baselines": [{"reconstruct": False}, {"criterion": "obs"},
-                                              {"criterion": "obs", "scope": "global"}],
+                                              {"criterion": "obs", "scope": "global"},
+                                              {"criterion": "obs", "scope": "global", "tile_multiple": 16}],
                                 "calibration_batches": 2, "retrain": {"epochs": 1}})
     out = root / "out_prune_ls"
     assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
@@ -270,7 +272,16 @@ def test_least_squares_reconstruction_in_study(setup):
                        "prune-obs-rows-ls:pruned", "prune-obs-rows-ls:reconstructed",
                        "prune-obs-rows-ls:retrained",  # OBS rows (Gram statistics) as a baseline
                        "prune-obs-rows-global-ls:pruned", "prune-obs-rows-global-ls:reconstructed",
-                       "prune-obs-rows-global-ls:retrained"}
+                       "prune-obs-rows-global-ls:retrained",
+                       "prune-obs-rows-global-t16-ls:pruned", "prune-obs-rows-global-t16-ls:reconstructed",
+                       "prune-obs-rows-global-t16-ls:retrained"}
+    # the log says how the global scopes shared out the 64 of 128 FC2 rows; aligned: whole 16s
+    kept = {m.group(1): [int(v) for v in m.group(2).split(",")] for m in re.finditer(
+        r"(obs-rows-global(?:-t16)?-ls) ratio 0.500: rows kept per matrix: fc2 \[([0-9, ]+)\]",
+        capsys.readouterr().out)}
+    assert set(kept) == {"obs-rows-global-ls", "obs-rows-global-t16-ls"}
+    assert all(sum(v) == 64 for v in kept.values())
+    assert all(v % 16 == 0 for v in kept["obs-rows-global-t16-ls"])
     fit = by["prune-mac-rows-ls:reconstructed"]
     assert fit["stage"] == "reconstructed" and fit["prune_ratio"] == 0.5
     errs = fit["output_error"]

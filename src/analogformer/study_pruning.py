@@ -109,7 +109,7 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
     retraining prunes in stages (`GradualPruner`). With `eval_every` / `keep_best` in the
     retraining recipe, only states at the final ratio are candidates.
     """
-    from .pruning import ADMMPruner, GradualPruner, calibrate, prune, reconstruct
+    from .pruning import ADMMPruner, GradualPruner, calibrate, kept_units, prune, reconstruct
 
     p = cfg.pruning
     model = copy.deepcopy(source).eval()
@@ -142,6 +142,9 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
     how = f"in {p.stages} stages during " if pruner else ""
     _log(f"{data.task}: pruned {label} ratio {ratio:.3f} on {list(pc.blocks)}: "
          f"{100 * dense:.2f} -> {100 * after_prune:.2f}")
+    if pc.scope == "global" and pc.structure in ("rows", "columns") and not pruner:
+        _log(f"{data.task}: {label} ratio {ratio:.3f}: {pc.structure} kept per matrix: "
+             + "; ".join(f"{b} {v}" for b, v in kept_units(model, pc, masks).items()))
     if pc.reconstruct:
         errs = reconstruct(model, source, masks, calib, pc.reconstruct_damping)
         mean = lambda k: sum(e[k] for e in errs.values()) / len(errs)  # noqa: E731

@@ -2,8 +2,8 @@
 (seed 003), hard masks for retraining, ADMM, and physical removal of FFN units."""
 from .admm import ADMMPruner
 from .compact import CompactResult, compact, load_compacted, resize_ffn
-from .criteria import (MaskContext, compute_masks, mask_context, masks_from_weights, prune,
-                       removed_units, unit_scores)
+from .criteria import (MaskContext, compute_masks, kept_units, mask_context, masks_from_weights,
+                       prune, removed_units, unit_scores)
 from .mac import (LayerStats, MacStats, calibrate, capture_frames, mac_delta,
                   mac_unit_scores, product_elements)
 from .gradual import GradualPruner, stage_config
@@ -18,7 +18,7 @@ __all__ = [
     "ADMMPruner", "BLOCKS", "CRITERIA", "CompactResult", "DEFAULT_EXCLUDE", "FFNGroup",
     "GradualPruner", "LayerStats", "MacStats", "MaskContext", "PruneConfig", "PruningMasks",
     "SCOPES", "STRUCTURES", "analog_matrices", "block_of", "calibrate", "capture_frames",
-    "compact", "compute_masks", "ffn_groups", "find_targets", "linear_weight",
+    "compact", "compute_masks", "ffn_groups", "find_targets", "kept_units", "linear_weight",
     "load_compacted", "mac_delta", "mac_unit_scores", "mask_context", "masks_from_weights",
     "plot_delta_heatmap", "plot_product_curves", "product_elements", "prune",
     "reconstruct", "removed_units", "resize_ffn", "stage_config", "unit_scores",

@@ -298,3 +298,17 @@ def prune(model: nn.Module, cfg: PruneConfig, stats: Optional[MacStats] = None,
     masks = compute_masks(model, cfg, stats, previous)
     masks.apply(model)
     return masks
+
+
+def kept_units(model: nn.Module, cfg: PruneConfig, masks: PruningMasks) -> Dict[str, List[int]]:
+    """{block: units (rows / columns as cfg.structure) each target matrix keeps, in model
+    order} — how a global scope shared out the removals."""
+    ctx = mask_context(model, cfg)
+    out: Dict[str, List[int]] = {}
+    for name, block in ctx.blocks.items():
+        m = masks.weight.get(name)
+        n = ctx.shapes[name][1 if cfg.structure == "rows" else 0]
+        if m is not None:
+            n = int(m.any(0).sum()) if cfg.structure == "rows" else int(m.any(1).sum())
+        out.setdefault(block, []).append(n)
+    return out
