@@ -70,7 +70,7 @@ def main(argv=None) -> list:
     if a.oneshot:
         if cfg.pruning is None:
             raise SystemExit("--oneshot needs a `pruning:` section in the config (or --set pruning.prune=...)")
-        from analogformer.pruning import calibrate, prune, reconstruct
+        from analogformer.pruning import calibrate, kept_units, prune, reconstruct
         pcfg = cfg.pruning
         calib = []  # the study's calibration batches (study_pruning.pruned_models)
         for b in data.train_loader(cfg.finetune_for(data.task).batch_size, cfg.seed + 3):
@@ -78,6 +78,7 @@ def main(argv=None) -> list:
             if len(calib) >= pcfg.calibration_batches:
                 break
         stats_cache: dict = {}
+        kept: list = []  # how each method shared out the removals (tiles: whole 512s free one)
         for label, pc, _ in pcfg.runs():
             stats = None
             if pc.needs_calibration:
@@ -87,6 +88,8 @@ def main(argv=None) -> list:
             model = copy.deepcopy(dense).eval()
             masks = prune(model, pc, stats)
             tag = f"{label} {pc.ratio:.3f}"
+            kept.append(f"{tag}: {pc.structure} kept per matrix: "
+                        + "; ".join(f"{b} {v}" for b, v in kept_units(model, pc, masks).items()))
             rows.append((f"{tag} masked", fidelity(key, predict(model, batches)[0], labels, ref)))
             if pc.reconstruct:
                 reconstruct(model, dense, masks, calib, pc.reconstruct_damping)
@@ -96,6 +99,8 @@ def main(argv=None) -> list:
     print(f"{'model':<{width}}  {'metric':>7}  {'agree':>6}  {'KL':>7}")
     for name, r in rows:
         print(f"{name:<{width}}  {r['metric']:7.2f}  {r['agree']:6.3f}  {r['kl']:7.4f}")
+    if a.oneshot:
+        print("\n".join(kept))
     return rows
 
 
