@@ -72,11 +72,9 @@ def main(argv=None) -> list:
             raise SystemExit("--oneshot needs a `pruning:` section in the config (or --set pruning.prune=...)")
         from analogformer.pruning import calibrate, kept_units, prune, reconstruct
         pcfg = cfg.pruning
-        calib = []  # the study's calibration batches (study_pruning.pruned_models)
-        for b in data.train_loader(cfg.finetune_for(data.task).batch_size, cfg.seed + 3):
-            calib.append({k: v for k, v in b.items() if k != "labels"})
-            if len(calib) >= pcfg.calibration_batches:
-                break
+        # the study's calibration batches (study_pruning: same loader, seed and count)
+        calib = data.unlabelled_batches(pcfg.calibration_batches,
+                                        cfg.finetune_for(data.task).batch_size, cfg.seed + 3)
         stats_cache: dict = {}
         kept: list = []  # how each method shared out the removals (tiles: whole 512s free one)
         for label, pc, _ in pcfg.runs():

@@ -204,7 +204,8 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _unlabelled(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def unlabelled(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model inputs of a batch: everything but its labels (calibration, teachers)."""
     return {k: v for k, v in batch.items() if k != "labels"}
 
 
@@ -271,7 +272,7 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
         """(logit KD, layer-wise term or None) of the student's output `out` against the
         teacher on the same batch (labels are not the teacher's business)."""
         with torch.no_grad():
-            tgt = teacher(**_unlabelled(batch), output_hidden_states=hidden)
+            tgt = teacher(**unlabelled(batch), output_hidden_states=hidden)
         soft = distillation_loss(out.logits, tgt.logits, cfg.distill_temperature)
         if not hidden:
             return soft, None
@@ -315,7 +316,7 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
                 aug = dict(batch, input_ids=augment_tokens(batch["input_ids"].cpu(),
                                                            _cpu(batch.get("attention_mask")),
                                                            cfg.augment_prob, special, aug_gen).to(device))
-                out = model(**_unlabelled(aug), output_hidden_states=hidden)
+                out = model(**unlabelled(aug), output_hidden_states=hidden)
                 soft, layers = teacher_terms(out, aug)
                 aug_loss = cfg.augment_weight * (soft if layers is None else soft + layers)
                 aug_loss.backward()

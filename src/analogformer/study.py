@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .config import to_dict
-from .finetune import _unlabelled, default_model_path, evaluate, load_model_and_tokenizer
+from .finetune import unlabelled, default_model_path, evaluate, load_model_and_tokenizer
 from .study_config import StudyConfig, dump_study_config
 from .study_finetune import digital_model, hwa_model
 from .sweep import CONDITIONS, Condition, RecordLog, run_time_sweep
@@ -105,7 +105,7 @@ class TaskData:
     def unlabelled_batches(self, n: int, batch_size: int, seed: int) -> List[dict]:
         """The first `n` batches of `train_loader(batch_size, seed)` without labels
         (calibration inputs)."""
-        return [_unlabelled(b) for b in itertools.islice(self.train_loader(batch_size, seed), n)]
+        return [unlabelled(b) for b in itertools.islice(self.train_loader(batch_size, seed), n)]
 
 
 def _attention_prepare(cfg: StudyConfig, calib: List[dict]):
