@@ -12,6 +12,7 @@ sum of the r lowest scores).
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -85,12 +86,27 @@ def tile_aligned_counts(costs: Sequence[Sequence[float]], sizes: Sequence[int], 
     return list(best[reach][1])
 
 
+def _keep_prefixes(costs: Sequence[Sequence[float]], orders: Sequence[Sequence[int]],
+                   shapes: Sequence[Tuple[int, ...]], multiple: int, total: int,
+                   least: Sequence[int], what: str) -> List[torch.Tensor]:
+    """Allot whole tiles by `tile_aligned_counts` and keep each matrix's units but the first
+    r_m of its removal order (boolean tensors of `shapes`)."""
+    sizes = [math.prod(shp) for shp in shapes]
+    counts = tile_aligned_counts(costs, sizes, multiple, total, least, what)
+    keeps = []
+    for order, n, shp, r in zip(orders, sizes, shapes, counts):
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[order[:r]] = False
+        keeps.append(keep.reshape(shp))
+    return keeps
+
+
 def keep_obs_aligned(states: Sequence["GreedyRows"], total: int, multiple: int,
                      least: Sequence[int], what: str = "block") -> List[torch.Tensor]:
     """Criterion "obs": run each matrix's greedy removals as far as an allocation may need
     them, price r removals at the refit error they leave (the sum of the first r step
-    errors), allot whole tiles by `tile_aligned_counts`, and keep the rest of each order.
-    Rows an earlier stage removed are zero, cost nothing and come first in each order."""
+    errors), allot whole tiles, and keep the rest of each order. Rows an earlier stage
+    removed are zero, cost nothing and come first in each order."""
     costs = []
     for g, lo in zip(states, least):
         horizon = cost_horizon(g.n, multiple, total, lo)
@@ -98,13 +114,8 @@ def keep_obs_aligned(states: Sequence["GreedyRows"], total: int, multiple: int,
         while len(g.order) < horizon:
             errs.append(errs[-1] + g.remove())
         costs.append(errs)
-    counts = tile_aligned_counts(costs, [g.n for g in states], multiple, total, least, what)
-    keeps = []
-    for g, r in zip(states, counts):
-        keep = torch.ones(g.n, dtype=torch.bool)
-        keep[g.order[:r]] = False
-        keeps.append(keep)
-    return keeps
+    return _keep_prefixes(costs, [g.order for g in states], [(g.n,) for g in states],
+                          multiple, total, least, what)
 
 
 def keep_scores_aligned(scores: Sequence[torch.Tensor], total: int, multiple: int,
@@ -116,15 +127,9 @@ def keep_scores_aligned(scores: Sequence[torch.Tensor], total: int, multiple: in
         flat = s.flatten().double()
         order = torch.argsort(flat, stable=True)
         done = int(torch.isneginf(flat).sum())
-        horizon = cost_horizon(flat.numel(), multiple, total, done)
-        vals = flat[order[:horizon]].masked_fill(torch.isneginf(flat[order[:horizon]]), 0.0)
-        costs.append([0.0] + torch.cumsum(vals, 0).tolist())
+        vals = flat[order[:cost_horizon(flat.numel(), multiple, total, done)]]
+        costs.append([0.0] + torch.cumsum(vals.masked_fill(torch.isneginf(vals), 0.0), 0).tolist())
         least.append(done)
         orders.append(order)
-    counts = tile_aligned_counts(costs, [s.numel() for s in scores], multiple, total, least, what)
-    keeps = []
-    for s, order, r in zip(scores, orders, counts):
-        keep = torch.ones(s.numel(), dtype=torch.bool)
-        keep[order[:r]] = False
-        keeps.append(keep.reshape(s.shape))
-    return keeps
+    return _keep_prefixes(costs, orders, [tuple(s.shape) for s in scores], multiple, total,
+                          least, what)

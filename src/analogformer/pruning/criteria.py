@@ -306,9 +306,8 @@ def kept_units(model: nn.Module, cfg: PruneConfig, masks: PruningMasks) -> Dict[
     ctx = mask_context(model, cfg)
     out: Dict[str, List[int]] = {}
     for name, block in ctx.blocks.items():
-        m = masks.weight.get(name)
         n = ctx.shapes[name][1 if cfg.structure == "rows" else 0]
-        if m is not None:
-            n = int(m.any(0).sum()) if cfg.structure == "rows" else int(m.any(1).sum())
+        if name in masks.weight:
+            n -= int(removed_units(masks.weight[name], cfg).sum())
         out.setdefault(block, []).append(n)
     return out
