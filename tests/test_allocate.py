@@ -145,4 +145,4 @@ def test_tile_multiple_config_errors(fields, msg):
 
 def test_study_label_names_the_alignment():
     pc = PruneConfig(criterion="obs", scope="global", tile_multiple=512, reconstruct=True)
-    assert PruneStudyConfig.label(pc) == "obs-rows-global-t512-ls"
+    assert PruneStudyConfig().label(pc) == "obs-rows-global-t512-ls"

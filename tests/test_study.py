@@ -362,6 +362,75 @@ def test_several_retraining_seeds_in_study(setup):
     assert again == retrained
 
 
+def test_progressive_pruning_in_study(setup, monkeypatch):
+    """progressive: the second ratio starts from the first ratio's retrained model (first seed)
+    and keeps its removed units; the first round equals a one-shot study; teacher and refit
+    targets stay dense (one dense record); an interrupted second round is redone exactly,
+    retraining the first round's first seed again without new records."""
+    import analogformer.study_pruning as sp
+    root, glue, model_dir = setup
+    calls = []
+    real = sp._prune_retrain
+
+    def spy(*args, **kwargs):
+        model = real(*args, **kwargs)
+        calls.append((args[4], args[5], kwargs.get("start"), model.analogformer_masks))
+        return model
+    monkeypatch.setattr(sp, "_prune_retrain", spy)
+
+    def run(name, **pruning):
+        cfg = {"prune": {"criterion": "obs", "structure": "rows", "blocks": ["fc2"], "coupled_ffn": True,
+                         "reconstruct": True, "scope": "global", "tile_multiple": 16},
+               "baselines": [{"criterion": "magnitude"}], "calibration_batches": 2,
+               "retrain": {"epochs": 1}, "retrain_seeds": 2, **pruning}
+        cfg_path = _config(root, glue, model_dir, tasks=["sst2"], conditions=["digital", "pruned-digital"],
+                           pruning=cfg)
+        assert main(["study", str(cfg_path), "--out", str(root / name), "--no-progress"]) == 0
+        return root / name, cfg_path
+
+    out, cfg_path = run("out_prog", ratios=[0.25, 0.5], progressive=True)
+    recs = _records(out)
+    assert sum(r["condition"] == "prune:dense" for r in recs) == 1
+    labels = {r["condition"].split(":")[0] for r in recs if r.get("stage") == "retrained"}
+    assert labels == {"prune-obs-rows-global-t16-ls-prog", "prune-magnitude-rows-global-t16-ls-prog"}
+    by = {(label, ratio): (start, masks) for label, ratio, start, masks in calls}
+    for label in ("obs-rows-global-t16-ls-prog", "magnitude-rows-global-t16-ls-prog"):
+        first_start, first = by[(label, 0.25)]
+        start, second = by[(label, 0.5)]
+        assert first_start is None and start[1] is first  # round 2 starts from round 1's masks
+        for name, m in first.weight.items():   # nested: removed in round 1 -> removed in round 2
+            assert not (second.weight[name] & ~m).any()
+        removed = {n: int((~m.any(0)).sum()) for n, m in second.weight.items() if n.endswith("output.dense")}
+        assert sum(removed.values()) == 64 and all(v % 16 == 0 for v in removed.values())
+    # round 1 is plain one-shot pruning: the same records as a one-shot study at that ratio
+    calls.clear()
+    one, _ = run("out_prog_oneshot", ratios=[0.25])
+    oneshot = {(r["condition"].replace("-ls:", "-ls-prog:"), r["repeat"]): r["headline"]
+               for r in _records(one) if r.get("stage") in ("pruned", "reconstructed", "retrained")}
+    prog = {(r["condition"], r["repeat"]): r["headline"] for r in recs
+            if r.get("stage") in ("pruned", "reconstructed", "retrained") and r.get("prune_ratio") == 0.25}
+    assert prog == oneshot
+    report = (out / "report.md").read_text()
+    assert "-prog = pruned in rounds" in report and "| obs-rows-global-t16-ls-prog | 0.5 |" in report
+    # interrupted in round 2: its records and model lost -> redone exactly
+    second_round = {(r["condition"], r["repeat"]): r["headline"] for r in recs if r.get("prune_ratio") == 0.5}
+    lines = (out / "results.jsonl").read_text().splitlines()
+    kept = [l for l in lines if '"prune_ratio": 0.5' not in l and "pruned@0.5" not in l]
+    (out / "results.jsonl").write_text("\n".join(kept) + "\n")
+    import shutil
+    shutil.rmtree(out / "checkpoints" / "sst2" / "pruned@0.5")
+    calls.clear()
+    assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
+    again = _records(out)
+    assert {(r["condition"], r["repeat"]): r["headline"] for r in again if r.get("prune_ratio") == 0.5} == second_round
+    assert len(again) == len(recs)
+    assert [(c[0], c[1]) for c in calls] == [(l, r) for r in (0.25, 0.5) for l in
+                                               ("obs-rows-global-t16-ls-prog", "magnitude-rows-global-t16-ls-prog")]
+    calls.clear()
+    assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0  # finished: nothing redone
+    assert calls == [] and len(_records(out)) == len(recs)
+
+
 def test_pruning_study_config_errors():
     base = {"tasks": ["sst2"], "conditions": ["digital", "pruned"]}
     for bad, msg in ((({"ratios": [0.2, 0.2]}), "repeats a ratio"), ({"ratios": [1.5]}, "ratio"),
@@ -372,7 +441,12 @@ def test_pruning_study_config_errors():
                      ({"baselines": {"criterion": "random"}}, "pruning.baselines"),
                      ({"retrain_seeds": 0}, "retrain_seeds"),
                      ({"retrain_seeds": 2, "stages": 2}, "retrain_seeds.*one-shot pruning"),
-                     ({"stages": 2, "retrain": {"ema_decay": 0.9}}, "retrain.ema_decay.*masks that stay fixed")):
+                     ({"stages": 2, "retrain": {"ema_decay": 0.9}}, "retrain.ema_decay.*masks that stay fixed"),
+                     ({"progressive": True}, "progressive.*at least two"),
+                     ({"progressive": True, "ratios": [0.3]}, "progressive.*at least two"),
+                     ({"progressive": True, "ratios": [0.3, 0.1]}, "progressive.*increasing order"),
+                     ({"progressive": True, "ratios": [0.1, 0.3], "stages": 2}, "progressive.*gradual"),
+                     ({"progressive": "yes", "ratios": [0.1, 0.3]}, "pruning.progressive.*bool")):
         with pytest.raises(ValueError, match=msg):
             from_dict(StudyConfig, {**base, "pruning": bad})
     # the retraining recipe inherits `finetune`: an average set there is refused too

@@ -344,6 +344,10 @@ def _sections(d: Path, st: _Study, records, skipped, title) -> list[tuple]:
                     "magnitude / l1 / l2 = weight norms, random = the chance baseline; -ls = "
                     "least-squares refit after pruning); the pruned models on tiles are the "
                     "`pruned` conditions of the time tables above."
+                    + (" -prog = pruned in rounds (`pruning.progressive`): each ratio starts from the "
+                       "previous ratio's retrained model (first seed) and keeps the units removed there, "
+                       "so \"after pruning\" is measured from that model, not from the dense one."
+                       if any("-prog:" in r["condition"] for r in st.prune_rows) else "")
                     + (" Method `none` is the control: the dense model retrained with the same recipe."
                        if any(r["condition"] == "prune-none:retrained" for r in st.prune_rows) else "")
                     + (" After retraining is the mean ± SEM over the retraining seeds "

@@ -76,7 +76,11 @@ class PruneStudyConfig:
     pruned model that many times from the same pruned (and refit) state, with retraining
     seeds `retrain.seed` + 0, 1, …: the "after retraining" cells become mean ± SEM over them
     (on small dev sets the seed moves the result more than the recipe); the model that goes
-    on tiles is the first seed's.
+    on tiles is the first seed's. `progressive` prunes each method in rounds across `ratios`
+    (ascending): every ratio after the first starts from the previous ratio's retrained model
+    (its first seed), keeps the units removed there and removes the rest afresh — scored on
+    that model, refit and retrained toward the dense model as before (progressive compression,
+    Ye et al. 2019; seed 000 ch. 3 prunes in rounds). Methods get the suffix "-prog".
     """
 
     prune: PruneConfig = field(default_factory=PruneConfig)
@@ -89,6 +93,7 @@ class PruneStudyConfig:
     stages: int = 1
     control: bool = False
     retrain_seeds: int = 1
+    progressive: bool = False
 
     def __post_init__(self):
         _check_choice(self, "source", {"digital", "hwa"})
@@ -96,8 +101,9 @@ class PruneStudyConfig:
         _check_positive(self, "stages", integer=True)
         _check_positive(self, "retrain_seeds", integer=True)
         self.stages, self.retrain_seeds = int(self.stages), int(self.retrain_seeds)
-        if not isinstance(self.control, bool):
-            _fail("PruneStudyConfig", "control", f"must be true or false, got {self.control!r}")
+        for flag in ("control", "progressive"):
+            if not isinstance(getattr(self, flag), bool):
+                _fail("PruneStudyConfig", flag, f"must be true or false, got {getattr(self, flag)!r}")
         if isinstance(self.prune, dict):
             self.prune = from_dict(PruneConfig, self.prune, prefix="pruning.prune")
         if self.ratios is not None:
@@ -128,6 +134,16 @@ class PruneStudyConfig:
         if self.stages > 1 and any(pc.admm_rho is not None for _, pc, _ in self.runs()):
             _fail("PruneStudyConfig", "stages", "gradual pruning (stages > 1) cannot be combined "
                                                 "with ADMM (admm_rho); use stages: 1")
+        if self.progressive:
+            if self.ratios is None or len(self.ratios) < 2:
+                _fail("PruneStudyConfig", "progressive", "prunes in rounds across `ratios`: give at least "
+                                                         "two, e.g. ratios: [0.1666667, 0.3333333]")
+            if list(self.ratios) != sorted(self.ratios):
+                _fail("PruneStudyConfig", "progressive", f"needs `ratios` in increasing order (each round "
+                                                         f"removes more), got {list(self.ratios)}")
+            if self.stages > 1 or any(pc.admm_rho is not None for _, pc, _ in self.runs()):
+                _fail("PruneStudyConfig", "progressive", "rounds of one-shot pruning cannot be combined with "
+                                                         "gradual (stages > 1) or ADMM (admm_rho) pruning")
         if self.retrain_seeds > 1 and (self.stages > 1 or any(pc.admm_rho is not None for _, pc, _ in self.runs())):
             _fail("PruneStudyConfig", "retrain_seeds", "several retraining seeds need one-shot pruning "
                                                        "(stages: 1, no admm_rho): gradual and ADMM pruning "
@@ -137,13 +153,12 @@ class PruneStudyConfig:
         """`prune` with some fields replaced (validated)."""
         return from_dict(PruneConfig, {**to_dict(self.prune), **overrides}, prefix="pruning")
 
-    @staticmethod
-    def label(pc: PruneConfig) -> str:
+    def label(self, pc: PruneConfig) -> str:
         """A short method name for records and tables: "mac-rows", "random-rows", ..."""
         s = f"{pc.criterion}-{pc.structure}"
         return (s + ("-admm" if pc.admm_rho is not None else "") + ("-global" if pc.scope == "global" else "")
                 + (f"-t{pc.tile_multiple}" if pc.tile_multiple else "")
-                + ("-ls" if pc.reconstruct else ""))
+                + ("-ls" if pc.reconstruct else "") + ("-prog" if self.progressive else ""))
 
     def runs(self):
         """[(label, PruneConfig, is_main)] for every ratio: the main method first."""

@@ -70,22 +70,34 @@ def pruned_models(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progr
         return stats_cache[pc.criterion]
 
     result: Dict[str, nn.Module] = {}
-    for label, pc, is_main in p.runs():
-        ratio = pc.ratio if not pc.block_ratios else max(pc.block_ratios.values())
+    runs = p.runs()
+    rounds: Dict[str, tuple] = {}  # progressive: label -> (retrained model, masks) of its last round
+    for i, (label, pc, is_main) in enumerate(runs):
+        ratio = _ratio(pc)
         key = pruned_model_key(ratio if p.ratios else None)
         path = out / "checkpoints" / data.task / key
-        if is_main and (path / "model.safetensors").exists():
-            _log(f"{data.task}: reusing pruned checkpoint {path}")
-            if not all(_retrained_recorded(data, log, label, ratio, k)
-                       for k in range(p.retrain_seeds)):  # more seeds asked for than recorded
-                _prune_retrain(cfg, data, source, pc, label, ratio, stats_for(pc), calib, log, progress,
-                               skip_first=True)
-            result[key] = _load_pruned(path)
+        saved = is_main and (path / "model.safetensors").exists()
+        # a later round of this method still to run starts from this round's retrained model
+        later = p.progressive and any(not _done(data, log, out, p, l2, _ratio(pc2), m2)
+                                      for l2, pc2, m2 in runs[i + 1:] if l2 == label)
+        start = rounds.pop(label, None)
+        if _done(data, log, out, p, label, ratio, is_main) and not later:
+            if saved:
+                _log(f"{data.task}: reusing pruned checkpoint {path}")
+                result[key] = _load_pruned(path)
             continue
-        if not is_main and _retrained_recorded(data, log, label, ratio, p.retrain_seeds - 1):
-            continue
-        model = _prune_retrain(cfg, data, source, pc, label, ratio, stats_for(pc), calib, log, progress)
+        if saved and later:
+            _log(f"{data.task}: {label} ratio {ratio:.3f} is recorded; retraining its first seed again "
+                 "for the next round (records reused)")
+        model = _prune_retrain(cfg, data, source, pc, label, ratio, stats_for(pc), calib, log, progress,
+                               skip_first=saved and not later, start=start)
+        if later:
+            rounds[label] = (copy.deepcopy(model) if is_main and not saved else model,
+                             model.analogformer_masks)
         if not is_main:
+            continue
+        if saved:  # more seeds, or the first seed again for the next round: the saved model stands
+            result[key] = _load_pruned(path)
             continue
         masks = model.analogformer_masks
         del model.analogformer_masks
@@ -100,9 +112,26 @@ def pruned_models(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progr
     return result
 
 
+def _ratio(pc) -> float:
+    """The ratio a method is recorded under (the largest block ratio with `block_ratios`)."""
+    return pc.ratio if not pc.block_ratios else max(pc.block_ratios.values())
+
+
+def _done(data, log: RecordLog, out: Path, p, label: str, ratio: float, is_main: bool) -> bool:
+    """Whether a (method, ratio) run has nothing left to do: every retraining seed recorded
+    and, for the main method, its pruned model saved."""
+    path = out / "checkpoints" / data.task / pruned_model_key(ratio if p.ratios else None)
+    return ((not is_main or (path / "model.safetensors").exists())
+            and all(_retrained_recorded(data, log, label, ratio, k) for k in range(p.retrain_seeds)))
+
+
 def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, stats, calib,
-                   log: RecordLog, progress: bool, skip_first: bool = False) -> nn.Module:
+                   log: RecordLog, progress: bool, skip_first: bool = False, start=None) -> nn.Module:
     """Prune a copy of `source` with `pc`, retrain with the masks held; records at each stage.
+
+    `start` (progressive rounds): (model, masks) of the previous round — pruned from a copy of
+    that model instead, its removed units kept, the criterion's statistics taken on it; the
+    teacher and the least-squares targets stay the dense `source`.
 
     One-shot (`pruning.stages: 1`): prune, then retrain. Gradual (`stages` > 1): the
     "after pruning" record is still the one-shot pruned model (no retraining), and the
@@ -112,8 +141,8 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
     from .pruning import ADMMPruner, GradualPruner, calibrate, kept_units, prune, reconstruct
 
     p = cfg.pruning
-    model = copy.deepcopy(source).eval()
-    dense = _record(data, log, "prune:dense", "dense", model, 0.0, p.source)
+    model = copy.deepcopy(source if start is None else start[0]).eval()
+    dense = _record(data, log, "prune:dense", "dense", source, 0.0, p.source)
     fcfg = cfg.finetune_for(data.task, p.retrain)
     teacher = source if fcfg.needs_teacher else None  # the dense model distils into the pruned one
     loader = data.train_loader(fcfg.batch_size, fcfg.seed + 13)
@@ -137,11 +166,14 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
         pruner = GradualPruner(model, pc, p.stages, total_steps(fcfg, loader), stats_fn)
         masks = pruner.masks
     else:
-        masks = prune(model, pc, stats)
+        if start is not None:
+            stats = calibrate(model, calib, pc) if pc.needs_calibration else None
+        masks = prune(model, pc, stats, previous=None if start is None else start[1])
         after_prune = _record(data, log, f"prune-{label}:pruned", "pruned", model, ratio, label)
     how = f"in {p.stages} stages during " if pruner else ""
     _log(f"{data.task}: pruned {label} ratio {ratio:.3f} on {list(pc.blocks)}: "
-         f"{100 * dense:.2f} -> {100 * after_prune:.2f}")
+         + ("" if start is None else "from the previous round's retrained model, ")
+         + f"{100 * dense:.2f} -> {100 * after_prune:.2f}")
     if pc.scope == "global" and pc.structure in ("rows", "columns") and not pruner:
         _log(f"{data.task}: {label} ratio {ratio:.3f}: {pc.structure} kept per matrix: "
              + "; ".join(f"{b} {v}" for b, v in kept_units(model, pc, masks).items()))
