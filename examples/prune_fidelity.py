@@ -72,6 +72,10 @@ def main(argv=None) -> list:
             raise SystemExit("--oneshot needs a `pruning:` section in the config (or --set pruning.prune=...)")
         from analogformer.pruning import calibrate, kept_units, prune, reconstruct
         pcfg = cfg.pruning
+        if pcfg.progressive:
+            raise SystemExit("--oneshot prunes from the dense model only; progressive rounds retrain "
+                             "between ratios: run the study and pass its checkpoints with --pruned "
+                             "(or --set pruning.progressive=false)")
         # the study's calibration batches (study_pruning: same loader, seed and count)
         calib = data.unlabelled_batches(pcfg.calibration_batches,
                                         cfg.finetune_for(data.task).batch_size, cfg.seed + 3)

@@ -655,6 +655,10 @@ def test_prune_fidelity_example_reproduces_the_study_records(setup, capsys):
     assert refit["metric"] == pytest.approx(100 * stage["reconstructed"], abs=1e-9)
     assert refit["kl"] < masked["kl"]  # the refit moves the pruned model towards the dense one
     assert "agreement with the dense model" in capsys.readouterr().out
+    # progressive rounds retrain between ratios: --oneshot refuses rather than mislabel
+    with pytest.raises(SystemExit, match="progressive rounds retrain between ratios"):
+        example.main([str(cfg_path), "--task", "sst2", "--dense", str(out / "checkpoints" / "sst2" / "digital"),
+                      "--oneshot", "--set", "pruning.progressive=true", "--set", "pruning.ratios=[0.25, 0.5]"])
 
 
 def test_merge_of_per_task_folders_equals_one_study(setup, capsys):

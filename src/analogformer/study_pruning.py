@@ -75,7 +75,7 @@ def pruned_models(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progr
     for i, (label, pc, is_main) in enumerate(runs):
         ratio = _ratio(pc)
         key = pruned_model_key(ratio if p.ratios else None)
-        path = out / "checkpoints" / data.task / key
+        path = _pruned_path(out, data, p, ratio)
         saved = is_main and (path / "model.safetensors").exists()
         # a later round of this method still to run starts from this round's retrained model
         later = p.progressive and any(not _done(data, log, out, p, l2, _ratio(pc2), m2)
@@ -89,7 +89,9 @@ def pruned_models(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progr
         if saved and later:
             _log(f"{data.task}: {label} ratio {ratio:.3f} is recorded; retraining its first seed again "
                  "for the next round (records reused)")
-        model = _prune_retrain(cfg, data, source, pc, label, ratio, stats_for(pc), calib, log, progress,
+        # a later round is scored on the model it starts from, the first on the dense one
+        stats = stats_for(pc) if start is None or not pc.needs_calibration else calibrate(start[0], calib, pc)
+        model = _prune_retrain(cfg, data, source, pc, label, ratio, stats, calib, log, progress,
                                skip_first=saved and not later, start=start)
         if later:
             rounds[label] = (copy.deepcopy(model) if is_main and not saved else model,
@@ -117,11 +119,15 @@ def _ratio(pc) -> float:
     return pc.ratio if not pc.block_ratios else max(pc.block_ratios.values())
 
 
+def _pruned_path(out: Path, data, p, ratio: float) -> Path:
+    """Where the main method's compacted model at `ratio` is saved."""
+    return out / "checkpoints" / data.task / pruned_model_key(ratio if p.ratios else None)
+
+
 def _done(data, log: RecordLog, out: Path, p, label: str, ratio: float, is_main: bool) -> bool:
     """Whether a (method, ratio) run has nothing left to do: every retraining seed recorded
     and, for the main method, its pruned model saved."""
-    path = out / "checkpoints" / data.task / pruned_model_key(ratio if p.ratios else None)
-    return ((not is_main or (path / "model.safetensors").exists())
+    return ((not is_main or (_pruned_path(out, data, p, ratio) / "model.safetensors").exists())
             and all(_retrained_recorded(data, log, label, ratio, k) for k in range(p.retrain_seeds)))
 
 
@@ -130,8 +136,8 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
     """Prune a copy of `source` with `pc`, retrain with the masks held; records at each stage.
 
     `start` (progressive rounds): (model, masks) of the previous round — pruned from a copy of
-    that model instead, its removed units kept, the criterion's statistics taken on it; the
-    teacher and the least-squares targets stay the dense `source`.
+    that model instead, its removed units kept (`stats` are then that model's); the teacher
+    and the least-squares targets stay the dense `source`.
 
     One-shot (`pruning.stages: 1`): prune, then retrain. Gradual (`stages` > 1): the
     "after pruning" record is still the one-shot pruned model (no retraining), and the
@@ -166,8 +172,6 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
         pruner = GradualPruner(model, pc, p.stages, total_steps(fcfg, loader), stats_fn)
         masks = pruner.masks
     else:
-        if start is not None:
-            stats = calibrate(model, calib, pc) if pc.needs_calibration else None
         masks = prune(model, pc, stats, previous=None if start is None else start[1])
         after_prune = _record(data, log, f"prune-{label}:pruned", "pruned", model, ratio, label)
     how = f"in {p.stages} stages during " if pruner else ""
