@@ -110,6 +110,8 @@ def test_obs_errors_name_the_problem():
     no_gram = calibrate(model, batches, PruneConfig(criterion="mac"))
     with pytest.raises(ValueError, match="Gram"):
         compute_masks(model, PruneConfig(criterion="obs"), no_gram)
+    with pytest.raises(ValueError, match=r"Gram matrix of '.*output\.dense'.*calibrate"):
+        compute_masks(model, PruneConfig(criterion="obs", scope="global"), no_gram)
     with pytest.raises(ValueError, match="needs calibration"):
         compute_masks(model, PruneConfig(criterion="obs"))
     with pytest.raises(ValueError, match=r"\(9, 9\)"):

@@ -429,6 +429,24 @@ def test_progressive_pruning_in_study(setup, monkeypatch):
     calls.clear()
     assert main(["study", str(cfg_path), "--out", str(out), "--no-progress"]) == 0  # finished: nothing redone
     assert calls == [] and len(_records(out)) == len(recs)
+    # round_seeds: 1 -> one seed before the last round, the same chain (round 2 starts from the
+    # first seed either way); raising it later retrains only the missing seed of round 1
+    full = {(r["condition"], r["repeat"], r["prune_ratio"]): r["headline"] for r in recs if r.get("stage")}
+    calls.clear()
+    few, few_cfg = run("out_prog_few", ratios=[0.25, 0.5], progressive=True, round_seeds=1)
+    got = {(r["condition"], r["repeat"], r["prune_ratio"]): r["headline"] for r in _records(few) if r.get("stage")}
+    assert set(full) - set(got) == {(c, 1, 0.25) for c, k, r in full if r == 0.25 and c.endswith(":retrained")}
+    assert all(full[k] == v for k, v in got.items())
+    assert "| obs-rows-global-t16-ls-prog | 0.25 |" in (few / "report.md").read_text()
+    text = few_cfg.read_text().replace("round_seeds: 1", "round_seeds: 2")
+    assert text != few_cfg.read_text()
+    few_cfg.write_text(text)
+    calls.clear()
+    assert main(["study", str(few_cfg), "--out", str(few), "--no-progress"]) == 0
+    assert [(c[0], c[1]) for c in calls] == [(l, 0.25) for l in
+                                               ("obs-rows-global-t16-ls-prog", "magnitude-rows-global-t16-ls-prog")]
+    got = {(r["condition"], r["repeat"], r["prune_ratio"]): r["headline"] for r in _records(few) if r.get("stage")}
+    assert got == full
 
 
 def test_pruning_study_config_errors():
@@ -446,7 +464,9 @@ def test_pruning_study_config_errors():
                      ({"progressive": True, "ratios": [0.3]}, "progressive.*at least two"),
                      ({"progressive": True, "ratios": [0.3, 0.1]}, "progressive.*increasing order"),
                      ({"progressive": True, "ratios": [0.1, 0.3], "stages": 2}, "progressive.*gradual"),
-                     ({"progressive": "yes", "ratios": [0.1, 0.3]}, "pruning.progressive.*bool")):
+                     ({"progressive": "yes", "ratios": [0.1, 0.3]}, "pruning.progressive.*bool"),
+                     ({"round_seeds": 1, "ratios": [0.1, 0.3]}, "round_seeds.*progressive: true"),
+                     ({"round_seeds": 0, "progressive": True, "ratios": [0.1, 0.3]}, "round_seeds")):
         with pytest.raises(ValueError, match=msg):
             from_dict(StudyConfig, {**base, "pruning": bad})
     # the retraining recipe inherits `finetune`: an average set there is refused too

@@ -36,7 +36,8 @@ def _log(msg: str) -> None:
 # What a resumed study may add to: records are keyed and seeded one by one (task,
 # condition, time, repeat), so new tasks / conditions / time points / repeats / retraining
 # seeds are computed and everything already recorded stays valid.
-_EXTENDABLE = ("tasks", "conditions", "sweep.times_seconds", "sweep.repeats", "pruning.retrain_seeds")
+_EXTENDABLE = ("tasks", "conditions", "sweep.times_seconds", "sweep.repeats", "pruning.retrain_seeds",
+               "pruning.round_seeds")
 
 
 def _extends(key: str, old, new) -> bool:

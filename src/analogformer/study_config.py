@@ -81,6 +81,9 @@ class PruneStudyConfig:
     (its first seed), keeps the units removed there and removes the rest afresh — scored on
     that model, refit and retrained toward the dense model as before (progressive compression,
     Ye et al. 2019; seed 000 ch. 3 prunes in rounds). Methods get the suffix "-prog".
+    `round_seeds` (progressive only) retrains every round but the last with that many seeds
+    instead of `retrain_seeds`: only the first seed's model goes on to the next round, so the
+    others there only measure the intermediate ratios (default: `retrain_seeds`).
     """
 
     prune: PruneConfig = field(default_factory=PruneConfig)
@@ -94,6 +97,7 @@ class PruneStudyConfig:
     control: bool = False
     retrain_seeds: int = 1
     progressive: bool = False
+    round_seeds: Optional[int] = None
 
     def __post_init__(self):
         _check_choice(self, "source", {"digital", "hwa"})
@@ -101,6 +105,12 @@ class PruneStudyConfig:
         _check_positive(self, "stages", integer=True)
         _check_positive(self, "retrain_seeds", integer=True)
         self.stages, self.retrain_seeds = int(self.stages), int(self.retrain_seeds)
+        if self.round_seeds is not None:
+            _check_positive(self, "round_seeds", integer=True)
+            self.round_seeds = int(self.round_seeds)
+            if not self.progressive:
+                _fail("PruneStudyConfig", "round_seeds", "sets the retraining seeds of the rounds before the "
+                                                         "last and needs progressive: true; use retrain_seeds")
         for flag in ("control", "progressive"):
             if not isinstance(getattr(self, flag), bool):
                 _fail("PruneStudyConfig", flag, f"must be true or false, got {getattr(self, flag)!r}")
@@ -148,6 +158,12 @@ class PruneStudyConfig:
             _fail("PruneStudyConfig", "retrain_seeds", "several retraining seeds need one-shot pruning "
                                                        "(stages: 1, no admm_rho): gradual and ADMM pruning "
                                                        "choose their masks during the retraining")
+
+    def seeds_at(self, ratio: float) -> int:
+        """How many retraining seeds a method gets at `ratio` (`round_seeds` before the last round)."""
+        if self.progressive and self.round_seeds is not None and ratio != self.ratios[-1]:
+            return self.round_seeds
+        return self.retrain_seeds
 
     def variant(self, **overrides) -> PruneConfig:
         """`prune` with some fields replaced (validated)."""

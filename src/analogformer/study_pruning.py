@@ -128,7 +128,7 @@ def _done(data, log: RecordLog, out: Path, p, label: str, ratio: float, is_main:
     """Whether a (method, ratio) run has nothing left to do: every retraining seed recorded
     and, for the main method, its pruned model saved."""
     return ((not is_main or (_pruned_path(out, data, p, ratio) / "model.safetensors").exists())
-            and all(_retrained_recorded(data, log, label, ratio, k) for k in range(p.retrain_seeds)))
+            and all(_retrained_recorded(data, log, label, ratio, k) for k in range(p.seeds_at(ratio))))
 
 
 def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, stats, calib,
@@ -189,14 +189,15 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
         _log(f"{data.task}: {label} ratio {ratio:.3f}: least-squares refit of {len(errs)} matrices "
              f"(relative output error {mean('masked'):.4f} -> {mean('reconstructed'):.4f}): "
              f"{100 * refit:.2f}")
+    seeds = p.seeds_at(ratio)
     _log(f"{data.task}: {label} ratio {ratio:.3f}: {how}retraining {fcfg.epochs} epoch(s)"
-         + (f", {p.retrain_seeds} seeds" if p.retrain_seeds > 1 else ""))
-    start = copy.deepcopy(model) if p.retrain_seeds > 1 else None  # the state every seed starts from
+         + (f", {seeds} seeds" if seeds > 1 else ""))
+    start = copy.deepcopy(model) if seeds > 1 else None  # the state every seed starts from
     score = None
     if fcfg.eval_every:
         score = lambda m: dev_headline(data, m) if pruner is None or pruner.final else None  # noqa: E731
     scores = []
-    for k in range(p.retrain_seeds):
+    for k in range(seeds):
         name = f"prune-{label}:retrained"
         # resumed: a recorded seed is not retrained again — except the first, whose model
         # goes on, unless the caller has it saved already (`skip_first`)
@@ -213,7 +214,7 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
         if pruner is not None:
             masks = pruner.masks
         masks.remove_hooks()
-        tag = f" (seed {fk.seed})" if p.retrain_seeds > 1 else ""
+        tag = f" (seed {fk.seed})" if seeds > 1 else ""
         log_evals(data.task, f"{label} ratio {ratio:.3f} retraining{tag}", hist)
         scores.append(_record(data, log, name, "retrained", m, ratio, label, repeat=k,
                               **_selection(hist, fk)))

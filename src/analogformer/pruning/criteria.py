@@ -57,12 +57,8 @@ def unit_scores(weight: torch.Tensor, cfg: PruneConfig,
         raise ValueError(f"criterion {crit!r} needs calibration statistics: pass "
                          "stats=calibrate(model, batches, cfg)")
     if crit == "obs":
-        if stats.gram is None:
-            raise ValueError("criterion 'obs' needs the calibration Gram matrices: pass "
-                             "stats=calibrate(model, batches, cfg) with cfg.criterion 'obs' "
-                             "(or calibrate(..., gram=True))")
         count = int(round((cfg.ratio if ratio is None else ratio) * w.shape[1]))
-        return greedy_row_order(w, stats.gram, min(count, w.shape[1] - 1),
+        return greedy_row_order(w, _gram(stats), min(count, w.shape[1] - 1),
                                 cfg.reconstruct_damping, has_bias)
     if crit == "mac":
         return (stats.row_score if struct == "rows" else stats.col_score).double()
@@ -97,10 +93,17 @@ def _obs_greedy(weight: torch.Tensor, cfg: PruneConfig, stats: Optional[MacStats
     scaled to the mean relative squared output error per calibration frame (comparable
     across matrices: every frame's error is relative to its own output, see `mac`)."""
     st = stats[name] if stats is not None and name in stats else None
+    return GreedyRows(weight, _gram(st, name), cfg.reconstruct_damping, has_bias, scale=1.0 / max(st.frames, 1))
+
+
+def _gram(st: Optional[LayerStats], name: Optional[str] = None) -> torch.Tensor:
+    """The calibration Gram matrix criterion "obs" needs, or an error naming the fix."""
     if st is None or st.gram is None:
-        raise ValueError(f"criterion 'obs' needs the calibration Gram matrix of {name!r}: pass "
-                         "stats=calibrate(model, batches, cfg) with cfg.criterion 'obs'")
-    return GreedyRows(weight, st.gram, cfg.reconstruct_damping, has_bias, scale=1.0 / max(st.frames, 1))
+        of = f" of {name!r}" if name else ""
+        raise ValueError(f"criterion 'obs' needs the calibration Gram matrix{of}: pass "
+                         "stats=calibrate(model, batches, cfg) with cfg.criterion 'obs' "
+                         "(or calibrate(..., gram=True))")
+    return st.gram
 
 
 def _keep_from_scores(scores: Sequence[torch.Tensor], ratio: float,
