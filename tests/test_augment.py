@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import BertForSequenceClassification
 
-from analogformer.distill import augment_tokens, distillation_loss
-from analogformer.finetune import FinetuneConfig, finetune, predict
+from analogformer.training.distill import augment_tokens, distillation_loss
+from analogformer.training.finetune import FinetuneConfig, finetune, predict
 from analogformer.tasks import encode_examples, make_loader
 from test_finetune import tiny_config, tiny_model, tokenizer, toy_examples  # noqa: F401 (fixture)
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from analogformer.averaging import WeightAverage
-from analogformer.finetune import FinetuneConfig, finetune
+from analogformer.training.averaging import WeightAverage
+from analogformer.training.finetune import FinetuneConfig, finetune
 from analogformer.tasks import encode_examples, make_loader
 from test_finetune import tiny_model, toy_examples, tokenizer  # noqa: F401  (fixture)
 

@@ -4,7 +4,7 @@ import torch
 from transformers import (AlbertConfig, BertConfig, BertModel, DistilBertConfig, GPT2Config,
                           LlamaConfig, LlamaForCausalLM)
 
-from analogformer.energy import (MacCost, attention_energy_table, attention_macs,
+from analogformer.hardware.energy import (MacCost, attention_energy_table, attention_macs,
                                  linear_macs, mac_cost, model_dims, render_markdown)
 
 

@@ -8,10 +8,9 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizer
 
-from analogformer.finetune import (FinetuneConfig, default_model_path, distillation_loss, evaluate, finetune,
-                                   hidden_distillation_loss,
-                                   load_checkpoint, load_model_and_tokenizer, predict,
-                                   save_checkpoint)
+from analogformer.tasks import default_model_path, evaluate, load_checkpoint, load_model_and_tokenizer
+from analogformer.training.finetune import (FinetuneConfig, distillation_loss, finetune, hidden_distillation_loss,
+                                            predict, save_checkpoint)
 from analogformer.tasks import (GlueExample, compute_metrics, encode_examples, make_loader,
                                 predictions_from_logits)
 

@@ -8,7 +8,7 @@ from torch import nn
 
 import analogformer as af
 from analogformer.config import ADCConfig, CompensationConfig, DACConfig, PCMConfig, TileConfig, from_dict
-from analogformer.tile import adc_quantize, dac_normalize, quantize_symmetric, split_sizes
+from analogformer.nn.tile import adc_quantize, dac_normalize, quantize_symmetric, split_sizes
 from conftest import FAMILIES, main_output, tiny
 
 IDS = torch.randint(0, 99, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -60,7 +60,9 @@ def test_ideal_config_equals_digital(family):
     ref = main_output(model(IDS))
     analog = af.analogize(copy.deepcopy(model), af.AnalogConfig.ideal())
     n = len(af.analog_layers(analog))
-    assert n >= 2 * 4
+    # 2 layers x 4 blocks; ALBERT's one shared layer has its 6 matrices (q, k, v, o, ffn,
+    # ffn_output) once — its embedding projection and pooler stay digital (nn/targets.py)
+    assert n >= (6 if family == "albert" else 2 * 4)
     with torch.no_grad():
         assert torch.equal(main_output(analog(IDS)), ref)  # no programmed state: F.linear exactly
         af.program(analog, seed=0)

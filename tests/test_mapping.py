@@ -8,9 +8,10 @@ from transformers import (AlbertConfig, BertConfig, BertForSequenceClassificatio
                           GPT2Config, LlamaConfig)
 
 from analogformer.config import TileConfig
-from analogformer.mapping import (ARES, BlockPlan, MappingConfig, MatrixShape, compare,
-                                  comparison_csv, comparison_markdown, map_matrices,
-                                  map_model, matrix_shapes, plot_tile_layout, shrink)
+from analogformer.hardware.mapping import (ARES, BlockPlan, MappingConfig, MatrixShape, compare,
+                                           comparison_csv, comparison_markdown, map_matrices,
+                                           map_model, matrix_shapes, shrink)
+from analogformer.report.figures import plot_tile_layout
 from analogformer.pruning import PruneConfig, compact, prune
 
 ALBERT_BASE = dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072,

@@ -9,8 +9,8 @@ from transformers import (AlbertConfig, AlbertModel, BertConfig, BertModel, GPT2
 
 from analogformer.pruning import (MacStats, PruneConfig, PruningMasks, calibrate,
                                   capture_frames, compute_masks, linear_weight, mac_delta,
-                                  mac_unit_scores, plot_delta_heatmap, plot_product_curves,
-                                  product_elements, prune, unit_scores)
+                                  mac_unit_scores, product_elements, prune, unit_scores)
+from analogformer.report.figures import plot_delta_heatmap, plot_product_curves
 from analogformer.pruning.mac import LayerStats
 
 FC2 = "encoder.layer.{}.output.dense"

@@ -11,7 +11,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 
 from analogformer.cli import main
 from analogformer.config import from_dict, to_dict
-from analogformer.study_config import StudyConfig, load_study_config
+from analogformer.study.config import StudyConfig, load_study_config
 
 FILLER = ["the", "a", "movie", "film", "was", "is", "plot", "actors", "really", "quite"]
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad"] + FILLER
@@ -138,8 +138,8 @@ def test_a_study_can_be_extended_and_gives_the_records_of_a_fresh_run(setup):
 def test_output_dir_of_an_older_version_is_resumable(tmp_path):
     """A config.yaml written before an option existed (key absent) still matches; a
     changed value does not."""
-    from analogformer.study import check_output_dir
-    from analogformer.study_config import dump_study_config
+    from analogformer.study.config import dump_study_config
+    from analogformer.study.pipeline import check_output_dir
     cfg = load_study_config(None, ["tasks=[sst2]"])
     old = yaml.safe_load(dump_study_config(cfg))
     del old["sweep"]["times_per_condition"]
@@ -367,7 +367,7 @@ def test_progressive_pruning_in_study(setup, monkeypatch):
     and keeps its removed units; the first round equals a one-shot study; teacher and refit
     targets stay dense (one dense record); an interrupted second round is redone exactly,
     retraining the first round's first seed again without new records."""
-    import analogformer.study_pruning as sp
+    import analogformer.study.prune_step as sp
     root, glue, model_dir = setup
     calls = []
     real = sp._prune_retrain

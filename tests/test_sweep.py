@@ -4,7 +4,8 @@ import torch
 
 import analogformer as af
 from analogformer.nn.attention import AttentionQuantConfig, calibrate_attention, quantize_attention
-from analogformer.sweep import CONDITIONS, RecordLog, SweepConfig, run_time_sweep
+from analogformer.study.records import RecordLog
+from analogformer.study.sweep import CONDITIONS, SweepConfig, run_time_sweep
 from conftest import tiny
 
 

@@ -11,7 +11,7 @@ from transformers import BertConfig, BertForSequenceClassification
 import analogformer as af
 from analogformer.config import PCMConfig
 from analogformer.device.pcm import prog_noise_std
-from analogformer.finetune import FinetuneConfig, finetune
+from analogformer.training.finetune import FinetuneConfig, finetune
 from analogformer.training import (OUTPUT_SCALE, HWAConfig, clip_weights, hwa_after_step,
                                    param_groups, prepare_hwa, remove_hwa)
 

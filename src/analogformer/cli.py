@@ -8,6 +8,9 @@ from typing import List, Optional
 
 EPILOG = "Every command takes --help. Presets for the seed experiments are in configs/."
 
+# Commands import what they use when they run, so `analogformer --help` and `map` start
+# without loading the training / pruning / plotting stacks.
+
 
 def _add_set(p):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -15,8 +18,7 @@ def _add_set(p):
 
 
 def cmd_study(a) -> int:
-    from .study import run_study
-    from .study_config import load_study_config
+    from .study import load_study_config, run_study
     cfg = load_study_config(a.config, a.overrides)
     run_study(cfg, out_dir=a.out, progress=not a.no_progress)
     return 0
@@ -26,9 +28,8 @@ def _study_on_checkpoint(a, conditions, extra=()) -> int:
     """Run a study whose digital model is an already fine-tuned checkpoint (no training)."""
     import shutil
 
-    from .study import run_study
-    from .study_config import load_study_config
-    from .tasks import resolve_task
+    from .study import load_study_config, run_study
+    from .tasks import find_task
     ckpt = Path(a.checkpoint)
     if not (ckpt / "config.json").is_file():
         raise ValueError(f"{ckpt} is not a saved model folder (no config.json); pass the folder "
@@ -38,7 +39,7 @@ def _study_on_checkpoint(a, conditions, extra=()) -> int:
         over.append(("data.glue_dir", a.glue_dir))
     cfg = load_study_config(a.config, over + list(a.overrides))
     out = Path(a.out)
-    target = out / "checkpoints" / resolve_task(a.task)[0].name / "digital"
+    target = out / "checkpoints" / find_task(a.task).name / "digital"
     if not (target / "model.safetensors").exists():
         target.mkdir(parents=True, exist_ok=True)
         for f in ckpt.iterdir():
@@ -49,13 +50,13 @@ def _study_on_checkpoint(a, conditions, extra=()) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    """A saved (fine-tuned) sequence-classification model over time: no training."""
+    """A saved (fine-tuned) model of a registered task over time: no training."""
     return _study_on_checkpoint(a, a.conditions.split(","))
 
 
 def cmd_prune(a) -> int:
     """Prune a saved fine-tuned model, retrain with masks, compact, evaluate on tiles."""
-    from .study_config import load_study_config
+    from .study import load_study_config
     extra = []
     if a.config is None or load_study_config(a.config).pruning is None:
         extra.append(("pruning", {}))  # defaults: MAC-contribution rows of FC2, ratio 1/6
@@ -63,7 +64,8 @@ def cmd_prune(a) -> int:
 
 
 def cmd_map(a) -> int:
-    from .mapping import MappingConfig, map_model, plot_tile_layout
+    from .hardware.mapping import MappingConfig, map_model
+    from .report.figures import plot_tile_layout
     hf_config = _load_hf_config(a.model)
     mcfg = MappingConfig(tile_rows=a.tile_rows, tile_cols=a.tile_cols, row_policy=a.policy,
                          col_policy=a.policy, fuse_qkv=a.fuse_qkv)
@@ -96,7 +98,7 @@ def _load_hf_config(name: str):
     if name in PRESET_CONFIGS:
         cls, kw = PRESET_CONFIGS[name]
         if cls is None:
-            from .finetune import default_model_path
+            from .tasks.registry import default_model_path
             return transformers.AutoConfig.from_pretrained(default_model_path())
         return getattr(transformers, cls)(**kw)
     p = Path(name)
@@ -118,7 +120,7 @@ def cmd_report(a) -> int:
 
 
 def cmd_merge(a) -> int:
-    from .merge import merge_studies
+    from .study.merge import merge_studies
     print(merge_studies(a.sources, a.out))
     return 0
 
@@ -129,7 +131,7 @@ def cmd_demo(a) -> int:
     from transformers import AutoModel, AutoTokenizer
 
     import analogformer as af
-    from .finetune import default_model_path
+    from .tasks.registry import default_model_path
     path = default_model_path()
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path).eval()
@@ -178,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_study)
 
     e = sub.add_parser("evaluate", help="evaluate a saved fine-tuned model over time on PCM tiles")
-    e.add_argument("checkpoint", help="folder of a fine-tuned sequence-classification model")
-    e.add_argument("--task", required=True, help="GLUE task, e.g. sst2, mrpc, rte")
+    e.add_argument("checkpoint", help="folder of a model fine-tuned for the task (save_pretrained)")
+    e.add_argument("--task", required=True, help="registered task, e.g. sst2, mrpc, rte")
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--config", help="study YAML for analog/sweep settings (optional)")
     e.add_argument("--glue-dir", help="local GLUE folder (default: the config's data.glue_dir)")
@@ -190,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("prune", help="prune a fine-tuned model, retrain with masks, compact, evaluate")
-    pr.add_argument("checkpoint", help="folder of a fine-tuned sequence-classification model")
+    pr.add_argument("checkpoint", help="folder of a model fine-tuned for the task (save_pretrained)")
     pr.add_argument("--task", required=True)
     pr.add_argument("--out", required=True)
     pr.add_argument("--config", help="study YAML whose `pruning:` section to use (optional)")

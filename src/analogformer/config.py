@@ -14,40 +14,43 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
+# the one table of what stays digital (heads, poolers, embedding projections)
+from .nn.targets import DEFAULT_EXCLUDE
 
-def _fail(cls_name: str, name: str, msg: str) -> None:
+
+def fail(cls_name: str, name: str, msg: str) -> None:
     raise ValueError(f"{cls_name}.{name}: {msg}")
 
 
-def _check_positive(obj, name: str, allow_none: bool = False, integer: bool = False) -> None:
+def check_positive(obj, name: str, allow_none: bool = False, integer: bool = False) -> None:
     v = getattr(obj, name)
     cls = type(obj).__name__
     if v is None:
         if allow_none:
             return
-        _fail(cls, name, "must be set (got None)")
+        fail(cls, name, "must be set (got None)")
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        _fail(cls, name, f"must be a number, got {type(v).__name__} {v!r}")
+        fail(cls, name, f"must be a number, got {type(v).__name__} {v!r}")
     if integer and int(v) != v:
-        _fail(cls, name, f"must be an integer, got {v!r}")
+        fail(cls, name, f"must be an integer, got {v!r}")
     if not math.isfinite(v) or v <= 0:
         hint = " (use null/None to switch it off)" if allow_none else ""
-        _fail(cls, name, f"must be > 0, got {v!r}{hint}")
+        fail(cls, name, f"must be > 0, got {v!r}{hint}")
 
 
-def _check_nonneg(obj, name: str, allow_none: bool = False) -> None:
+def check_nonneg(obj, name: str, allow_none: bool = False) -> None:
     v = getattr(obj, name)
     cls = type(obj).__name__
     if v is None and allow_none:
         return
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        _fail(cls, name, f"must be a finite number >= 0, got {v!r}")
+        fail(cls, name, f"must be a finite number >= 0, got {v!r}")
 
 
-def _check_choice(obj, name: str, choices) -> None:
+def check_choice(obj, name: str, choices) -> None:
     v = getattr(obj, name)
     if v not in choices:
-        _fail(type(obj).__name__, name, f"must be one of {sorted(choices)}, got {v!r}")
+        fail(type(obj).__name__, name, f"must be one of {sorted(choices)}, got {v!r}")
 
 
 @dataclass
@@ -79,20 +82,20 @@ class PCMConfig:
 
     def __post_init__(self):
         for n in ("g_max_us", "t0_seconds", "t_read_seconds"):
-            _check_positive(self, n)
-        _check_nonneg(self, "gamma")
+            check_positive(self, n)
+        check_nonneg(self, "gamma")
         self.prog_coeffs_us = tuple(float(c) for c in self.prog_coeffs_us)
         if len(self.prog_coeffs_us) != 3:
-            _fail("PCMConfig", "prog_coeffs_us", "needs exactly 3 coefficients (c0, c1, c2)")
+            fail("PCMConfig", "prog_coeffs_us", "needs exactly 3 coefficients (c0, c1, c2)")
         for n in ("nu_mean_coeffs", "nu_mean_clamp", "nu_std_coeffs", "nu_std_clamp"):
             v = tuple(float(c) for c in getattr(self, n))
             if len(v) != 2:
-                _fail("PCMConfig", n, "needs exactly 2 numbers")
+                fail("PCMConfig", n, "needs exactly 2 numbers")
             setattr(self, n, v)
         for n in ("nu_mean_clamp", "nu_std_clamp"):
             lo, hi = getattr(self, n)
             if not 0 <= lo <= hi:
-                _fail("PCMConfig", n, f"must satisfy 0 <= low <= high, got {(lo, hi)}")
+                fail("PCMConfig", n, f"must satisfy 0 <= low <= high, got {(lo, hi)}")
 
 
 @dataclass
@@ -111,11 +114,11 @@ class TileConfig:
     weight_scale: str = "tile"
 
     def __post_init__(self):
-        _check_positive(self, "rows", integer=True)
-        _check_positive(self, "cols", integer=True)
+        check_positive(self, "rows", integer=True)
+        check_positive(self, "cols", integer=True)
         self.rows, self.cols = int(self.rows), int(self.cols)
-        _check_choice(self, "split_policy", {"balanced", "fill_first"})
-        _check_choice(self, "weight_scale", {"tile", "column"})
+        check_choice(self, "split_policy", {"balanced", "fill_first"})
+        check_choice(self, "weight_scale", {"tile", "column"})
 
 
 @dataclass
@@ -135,9 +138,9 @@ class DACConfig:
     input_scaling: str = "static"
 
     def __post_init__(self):
-        _check_positive(self, "bits", allow_none=True, integer=True)
-        _check_positive(self, "init_range")
-        _check_choice(self, "input_scaling", {"static", "absmax"})
+        check_positive(self, "bits", allow_none=True, integer=True)
+        check_positive(self, "init_range")
+        check_choice(self, "input_scaling", {"static", "absmax"})
 
 
 @dataclass
@@ -159,10 +162,10 @@ class ADCConfig:
     noise_pool_size: Optional[int] = 2 ** 23
 
     def __post_init__(self):
-        _check_positive(self, "bits", allow_none=True, integer=True)
-        _check_positive(self, "bound")
-        _check_positive(self, "output_noise_std", allow_none=True)
-        _check_positive(self, "noise_pool_size", allow_none=True, integer=True)
+        check_positive(self, "bits", allow_none=True, integer=True)
+        check_positive(self, "bound")
+        check_positive(self, "output_noise_std", allow_none=True)
+        check_positive(self, "noise_pool_size", allow_none=True, integer=True)
 
 
 @dataclass
@@ -173,11 +176,9 @@ class CompensationConfig:
     granularity: str = "tile"
 
     def __post_init__(self):
-        _check_choice(self, "granularity", {"tile", "column"})
+        check_choice(self, "granularity", {"tile", "column"})
 
 
-DEFAULT_EXCLUDE = (r"(^|\.)classifier(\.|$)", r"(^|\.)lm_head$", r"(^|\.)pooler\.dense$",
-                   r"(^|\.)qa_outputs$", r"(^|\.)score$", r"(^|\.)pre_classifier$")
 
 
 @dataclass
@@ -199,11 +200,11 @@ class AnalogConfig:
             if isinstance(v, dict):
                 setattr(self, name, from_dict(cls, v, prefix=f"analog.{name}"))
             elif not isinstance(v, cls):
-                _fail("AnalogConfig", name, f"must be a {cls.__name__}, got {type(v).__name__}")
+                fail("AnalogConfig", name, f"must be a {cls.__name__}, got {type(v).__name__}")
         for n in ("include", "exclude"):
             v = getattr(self, n)
             if isinstance(v, str) or not all(isinstance(p, str) for p in v):
-                _fail("AnalogConfig", n, "must be a list of regex strings")
+                fail("AnalogConfig", n, "must be a list of regex strings")
             setattr(self, n, tuple(v))
 
     @classmethod

@@ -20,7 +20,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ..tile import _levels
+from .tile import levels
 
 # rows of one block of the fused inference path: ~4 MB of float outputs, which the
 # element-wise periphery then passes over while they are still in (L2/L3) cache
@@ -81,10 +81,10 @@ class FusedInference:
         if fast is not None and fast.key == key:  # only programmed states are cached
             return fast
         c = self.config
-        n_dac = _levels(c.dac.bits) if c.dac.bits is not None else None
+        n_dac = levels(c.dac.bits) if c.dac.bits is not None else None
         unit = 1.0 / n_dac if n_dac is not None else 1.0 / r
         # "code units": ADC codes when the ADC is on, normalized outputs otherwise
-        code = _levels(c.adc.bits) / c.adc.bound if c.adc.bits is not None else 1.0
+        code = levels(c.adc.bits) / c.adc.bound if c.adc.bits is not None else 1.0
         if self.programmed:  # stored pre-scaled into code units (see `_scale_read`)
             wn, scale = self._w_read, self._out_scale
             # with the DAC on, the read weights hold the factor code / n_dac, so DAC codes ×
@@ -97,7 +97,7 @@ class FusedInference:
         tiles = tuple((lo, hi, w.contiguous(), gain[k].contiguous())
                       for k, (lo, hi, w) in enumerate(self._row_tiles(wn)))
         noise = c.adc.output_noise_std * code if c.adc.output_noise_std is not None else None
-        n_adc = _levels(c.adc.bits) if c.adc.bits is not None else None
+        n_adc = levels(c.adc.bits) if c.adc.bits is not None else None
         dac_scale = None  # a 0-dim tensor: a Python float would be converted on every call
         if n_dac is not None and c.dac.input_scaling != "absmax":
             dac_scale = torch.tensor(n_dac / r, dtype=wn.dtype, device=wn.device)

@@ -45,7 +45,7 @@ from ..config import AnalogConfig
 from ..device import pcm
 from ..device.conductance import (conductances_to_weight, group_mean, weight_scales,
                                   weight_to_conductances)
-from ..tile import DacSTE, ReadoutSTE, _levels, adc_quantize, split_sizes
+from .tile import DacSTE, ReadoutSTE, levels, adc_quantize, split_sizes
 from .fused import FusedInference
 
 
@@ -190,7 +190,7 @@ class AnalogLinear(FusedInference, nn.Linear):
             return x, 1.0 / r, r
         if dac.input_scaling == "absmax":
             r = x.detach().abs().amax(dim=-1, keepdim=True).clamp_min_(1e-12)
-        n = _levels(dac.bits)
+        n = levels(dac.bits)
         if torch.is_grad_enabled():
             return DacSTE.apply(x, r, float(n)), 1.0 / n, r
         return (x * (n / r)).round_().clamp_(-n, n), 1.0 / n, r
@@ -220,7 +220,7 @@ class AnalogLinear(FusedInference, nn.Linear):
             return y, unit
         if torch.is_grad_enabled():
             return adc_quantize(y * unit, adc.bits, adc.bound), 1.0
-        n = _levels(adc.bits)
+        n = levels(adc.bits)
         return y.mul_(unit * n / adc.bound).round_().clamp_(-n, n), adc.bound / n
 
     def _bad_input(self, x: torch.Tensor) -> ValueError:
@@ -245,7 +245,7 @@ class AnalogLinear(FusedInference, nn.Linear):
         adc = self.config.adc
         fused = torch.is_grad_enabled() and adc.bits is not None and not torch.is_tensor(unit)
         if fused:  # GEMM straight into ADC code units: the scalar goes onto the (small) weights
-            code = _levels(adc.bits) / adc.bound
+            code = levels(adc.bits) / adc.bound
             wn = wn * (unit * code)
         if len(self.row_sizes) == 1:
             ys = [torch.matmul(xd, wn[0])]
@@ -258,7 +258,7 @@ class AnalogLinear(FusedInference, nn.Linear):
                      if adc.output_noise_std is not None else None)
             gain = scale.unsqueeze(1) * (r / code)  # ADC codes -> output units
             out = ReadoutSTE.apply(gain, self.bias, noise, float((adc.output_noise_std or 0.0) * code),
-                                   float(_levels(adc.bits)), *ys)
+                                   float(levels(adc.bits)), *ys)
             return out.reshape(*shape[:-1], self.out_features)
         y = torch.stack(ys)
         y, unit = self._adc(y, unit)
@@ -279,8 +279,8 @@ class AnalogLinear(FusedInference, nn.Linear):
         c = self.config
         if c.dac.bits is None:
             return 1.0
-        code = _levels(c.adc.bits) / c.adc.bound if c.adc.bits is not None else 1.0
-        return code / _levels(c.dac.bits)
+        code = levels(c.adc.bits) / c.adc.bound if c.adc.bits is not None else 1.0
+        return code / levels(c.dac.bits)
 
     def read_weights(self) -> torch.Tensor:
         """Normalized weights (G+ − G−)/g_max read at the current time, (K, R, out)."""

@@ -29,7 +29,7 @@ from .criteria import mask_context, masks_from_weights
 from .mac import MacStats
 from .masks import PruningMasks
 from .prune_config import PruneConfig
-from .targets import linear_weight
+from ..nn.targets import linear_weight
 
 
 class ADMMPruner:

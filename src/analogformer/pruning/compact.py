@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .masks import PruningMasks
-from .targets import analog_matrices, ffn_groups, ffn_size_attr, linear_weight
+from ..nn.targets import analog_matrices, ffn_groups, ffn_size_attr, linear_weight
 
 SIZES_KEY = "analogformer_ffn_sizes"
 

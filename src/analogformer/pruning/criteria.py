@@ -19,7 +19,7 @@ from .mac import LayerStats, MacStats
 from .masks import PruningMasks
 from .obs import GreedyRows, greedy_row_order, remove_globally
 from .prune_config import PruneConfig
-from .targets import FFNGroup, analog_matrices, ffn_groups, find_targets, linear_weight
+from ..nn.targets import FFNGroup, analog_matrices, ffn_groups, find_targets, linear_weight
 
 
 def _block_sum(t: torch.Tensor, block_shape: Tuple[int, int]) -> torch.Tensor:

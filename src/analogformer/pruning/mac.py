@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .prune_config import PruneConfig
-from .targets import analog_matrices, find_targets, linear_weight
+from ..nn.targets import analog_matrices, find_targets, linear_weight
 
 
 def _denominator(y: torch.Tensor, eps: float) -> torch.Tensor:

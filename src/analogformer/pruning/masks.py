@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from .targets import Conv1D, linear_weight
+from ..nn.targets import Conv1D, linear_weight
 
 
 class PruningMasks:

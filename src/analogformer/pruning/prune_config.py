@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from .targets import BLOCKS
+from ..nn.targets import BLOCKS
 
 CRITERIA = ("mac", "obs", "magnitude", "l1", "l2", "activation", "random")
 STRUCTURES = ("rows", "columns", "irregular", "blocks")

@@ -27,7 +27,7 @@ from torch import nn
 
 from .mac import _frames, _run, relative_frame_weights
 from .masks import PruningMasks
-from .targets import linear_weight
+from ..nn.targets import linear_weight
 
 
 class _Stop(Exception):

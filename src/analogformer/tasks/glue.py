@@ -91,7 +91,7 @@ GLUE_TASKS: dict[str, GlueTaskSpec] = {
 }
 
 # alias -> (canonical task, split that "dev" means for it, or None)
-_ALIASES: dict[str, tuple[str, str | None]] = {
+GLUE_ALIASES: dict[str, tuple[str, str | None]] = {
     "cola": ("cola", None), "sst2": ("sst2", None), "sst-2": ("sst2", None),
     "sst": ("sst2", None), "mrpc": ("mrpc", None), "qqp": ("qqp", None),
     "stsb": ("stsb", None), "sts-b": ("stsb", None), "sts": ("stsb", None),
@@ -106,10 +106,10 @@ _SPLIT_ALIASES = {"validation": "dev", "validation_matched": "dev_matched",
 def resolve_task(task: str) -> tuple[GlueTaskSpec, str | None]:
     """Map a task name or alias (case-insensitive) to its spec and its implied dev split."""
     key = task.strip().lower()
-    if key not in _ALIASES:
-        raise ValueError(f"unknown GLUE task {task!r}; known names: {sorted(_ALIASES)} "
+    if key not in GLUE_ALIASES:
+        raise ValueError(f"unknown GLUE task {task!r}; known names: {sorted(GLUE_ALIASES)} "
                          "(WNLI is not supported)")
-    canonical, dev_split = _ALIASES[key]
+    canonical, dev_split = GLUE_ALIASES[key]
     return GLUE_TASKS[canonical], dev_split
 
 

@@ -16,24 +16,25 @@ from __future__ import annotations
 import copy
 import json
 import statistics
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Dict
 
 from torch import nn
 
-from .finetune import evaluate, finetune, save_checkpoint, total_steps
-from .study_finetune import log_evals, dev_headline
-from .sweep import RecordLog
+from ..hardware.mapping import MappingConfig, compare, comparison_markdown, map_model
+from ..logs import get_logger
+from ..pruning import (ADMMPruner, GradualPruner, calibrate, capture_frames, compact, find_targets, kept_units,
+                       linear_weight, load_compacted, prune, reconstruct)
+from ..report.figures import plot_delta_heatmap, plot_product_curves, plot_tile_layout
+from ..training.finetune import finetune, save_checkpoint, total_steps
+from .finetune_step import log_evals
+from .records import RecordLog
 
-
-def _log(msg: str) -> None:
-    print(f"[analogformer {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+logger = get_logger(__name__)
 
 
 def _load_pruned(path: Path) -> nn.Module:
-    from .pruning import load_compacted
     return load_compacted(str(path)).eval()
 
 
@@ -51,10 +52,8 @@ def pruned_models(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progr
                   log: RecordLog) -> Dict[str, nn.Module]:
     """Every pruning run of the study for one task: {model key: compacted, retrained model}
     for the main method at each ratio; baselines only write their records."""
-    from .pruning import calibrate
-
     p = cfg.pruning
-    calib = data.unlabelled_batches(p.calibration_batches, cfg.finetune_for(data.task).batch_size, cfg.seed + 3)
+    calib = data.unlabelled_batches(p.calibration_batches, cfg.finetune_for(data.name).batch_size, cfg.seed + 3)
     source = models[p.source]
     if p.control:
         _control(cfg, data, source, log, progress)
@@ -83,11 +82,11 @@ def pruned_models(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progr
         start = rounds.pop(label, None)
         if _done(data, log, out, p, label, ratio, is_main) and not later:
             if saved:
-                _log(f"{data.task}: reusing pruned checkpoint {path}")
+                logger.info(f"{data.name}: reusing pruned checkpoint {path}")
                 result[key] = _load_pruned(path)
             continue
         if saved and later:
-            _log(f"{data.task}: {label} ratio {ratio:.3f} is recorded; retraining its first seed again "
+            logger.info(f"{data.name}: {label} ratio {ratio:.3f} is recorded; retraining its first seed again "
                  "for the next round (records reused)")
         # a later round is scored on the model it starts from, the first on the dense one
         stats = stats_for(pc) if start is None or not pc.needs_calibration else calibrate(start[0], calib, pc)
@@ -104,12 +103,11 @@ def pruned_models(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progr
         masks = model.analogformer_masks
         del model.analogformer_masks
         if p.compact:
-            from .pruning import compact
             compact(model, masks)
         save_checkpoint(model, tok, path)
-        _tile_comparison(cfg, source, model, out, data.task if not p.ratios else f"{data.task}@{ratio_tag(ratio)}")
-        if pc.criterion == "mac" and not (out / f"mac_delta_{data.task}.png").exists():
-            _mac_pictures(copy.deepcopy(source), calib, pc, out, data.task)
+        _tile_comparison(cfg, source, model, out, data.name if not p.ratios else f"{data.name}@{ratio_tag(ratio)}")
+        if pc.criterion == "mac" and not (out / f"mac_delta_{data.name}.png").exists():
+            _mac_pictures(copy.deepcopy(source), calib, pc, out, data.name)
         result[key] = _load_pruned(path)
     return result
 
@@ -121,7 +119,7 @@ def _ratio(pc) -> float:
 
 def _pruned_path(out: Path, data, p, ratio: float) -> Path:
     """Where the main method's compacted model at `ratio` is saved."""
-    return out / "checkpoints" / data.task / pruned_model_key(ratio if p.ratios else None)
+    return out / "checkpoints" / data.name / pruned_model_key(ratio if p.ratios else None)
 
 
 def _done(data, log: RecordLog, out: Path, p, label: str, ratio: float, is_main: bool) -> bool:
@@ -144,17 +142,15 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
     retraining prunes in stages (`GradualPruner`). With `eval_every` / `keep_best` in the
     retraining recipe, only states at the final ratio are candidates.
     """
-    from .pruning import ADMMPruner, GradualPruner, calibrate, kept_units, prune, reconstruct
-
     p = cfg.pruning
     model = copy.deepcopy(source if start is None else start[0]).eval()
     dense = _record(data, log, "prune:dense", "dense", source, 0.0, p.source)
-    fcfg = cfg.finetune_for(data.task, p.retrain)
+    fcfg = cfg.finetune_for(data.name, p.retrain)
     teacher = source if fcfg.needs_teacher else None  # the dense model distils into the pruned one
     loader = data.train_loader(fcfg.batch_size, fcfg.seed + 13)
     pruner = None
     if pc.admm_rho is not None:
-        _log(f"{data.task}: {label} ratio {ratio:.3f}: ADMM phase (rho {pc.admm_rho:g})")
+        logger.info(f"{data.name}: {label} ratio {ratio:.3f}: ADMM phase (rho {pc.admm_rho:g})")
         admm = ADMMPruner(model, pc, stats)
         # selection and weight averaging belong to the retraining after the hard pruning
         phase = replace(fcfg, eval_every=None, keep_best=False, ema_decay=None)
@@ -175,27 +171,27 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
         masks = prune(model, pc, stats, previous=None if start is None else start[1])
         after_prune = _record(data, log, f"prune-{label}:pruned", "pruned", model, ratio, label)
     how = f"in {p.stages} stages during " if pruner else ""
-    _log(f"{data.task}: pruned {label} ratio {ratio:.3f} on {list(pc.blocks)}: "
+    logger.info(f"{data.name}: pruned {label} ratio {ratio:.3f} on {list(pc.blocks)}: "
          + ("" if start is None else "from the previous round's retrained model, ")
          + f"{100 * dense:.2f} -> {100 * after_prune:.2f}")
     if pc.scope == "global" and pc.structure in ("rows", "columns") and not pruner:
-        _log(f"{data.task}: {label} ratio {ratio:.3f}: {pc.structure} kept per matrix: "
+        logger.info(f"{data.name}: {label} ratio {ratio:.3f}: {pc.structure} kept per matrix: "
              + "; ".join(f"{b} {v}" for b, v in kept_units(model, pc, masks).items()))
     if pc.reconstruct:
         errs = reconstruct(model, source, masks, calib, pc.reconstruct_damping)
         mean = lambda k: sum(e[k] for e in errs.values()) / len(errs)  # noqa: E731
         refit = _record(data, log, f"prune-{label}:reconstructed", "reconstructed", model, ratio, label,
                         output_error={n: [e["masked"], e["reconstructed"]] for n, e in errs.items()})
-        _log(f"{data.task}: {label} ratio {ratio:.3f}: least-squares refit of {len(errs)} matrices "
+        logger.info(f"{data.name}: {label} ratio {ratio:.3f}: least-squares refit of {len(errs)} matrices "
              f"(relative output error {mean('masked'):.4f} -> {mean('reconstructed'):.4f}): "
              f"{100 * refit:.2f}")
     seeds = p.seeds_at(ratio)
-    _log(f"{data.task}: {label} ratio {ratio:.3f}: {how}retraining {fcfg.epochs} epoch(s)"
+    logger.info(f"{data.name}: {label} ratio {ratio:.3f}: {how}retraining {fcfg.epochs} epoch(s)"
          + (f", {seeds} seeds" if seeds > 1 else ""))
     start = copy.deepcopy(model) if seeds > 1 else None  # the state every seed starts from
     score = None
     if fcfg.eval_every:
-        score = lambda m: dev_headline(data, m) if pruner is None or pruner.final else None  # noqa: E731
+        score = lambda m: data.dev_headline(m) if pruner is None or pruner.final else None  # noqa: E731
     scores = []
     for k in range(seeds):
         name = f"prune-{label}:retrained"
@@ -210,19 +206,20 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
             masks.register_gradient_hooks(m)
         hist = finetune(m, loader if k == 0 else data.train_loader(fk.batch_size, fk.seed + 13), fk,
                         after_step=pruner.after_step if pruner else masks.after_step,
-                        progress=progress, teacher=teacher, score=score, special_ids=data.special_ids)
+                        progress=progress, teacher=teacher, score=score, special_ids=data.special_ids,
+                        higher_is_better=data.higher_is_better)
         if pruner is not None:
             masks = pruner.masks
         masks.remove_hooks()
         tag = f" (seed {fk.seed})" if seeds > 1 else ""
-        log_evals(data.task, f"{label} ratio {ratio:.3f} retraining{tag}", hist)
+        log_evals(data.name, f"{label} ratio {ratio:.3f} retraining{tag}", hist)
         scores.append(_record(data, log, name, "retrained", m, ratio, label, repeat=k,
                               **_selection(hist, fk)))
-        _log(f"{data.task}: {label} ratio {ratio:.3f} after retraining{tag} {100 * scores[-1]:.2f}")
+        logger.info(f"{data.name}: {label} ratio {ratio:.3f} after retraining{tag} {100 * scores[-1]:.2f}")
         if k:
             del m  # only the first seed's model goes on
     if len(scores) > 1:
-        _log(f"{data.task}: {label} ratio {ratio:.3f} after retraining, {len(scores)} seeds: "
+        logger.info(f"{data.name}: {label} ratio {ratio:.3f} after retraining, {len(scores)} seeds: "
              f"{100 * statistics.mean(scores):.2f} (sd {100 * statistics.stdev(scores):.2f}; "
              f"{', '.join(f'{100 * v:.2f}' for v in scores)})")
     model.analogformer_masks = masks
@@ -233,15 +230,16 @@ def _control(cfg, data, source: nn.Module, log: RecordLog, progress: bool) -> No
     """The dense model retrained with the pruning recipe (no masks): method "none", ratio 0."""
     if _retrained_recorded(data, log, "none", 0.0, 0):
         return
-    fcfg = cfg.finetune_for(data.task, cfg.pruning.retrain)
+    fcfg = cfg.finetune_for(data.name, cfg.pruning.retrain)
     model = copy.deepcopy(source).eval()
-    _log(f"{data.task}: control: the dense model retrained with the pruning recipe")
+    logger.info(f"{data.name}: control: the dense model retrained with the pruning recipe")
     hist = finetune(model, data.train_loader(fcfg.batch_size, fcfg.seed + 13), fcfg, progress=progress,
                     teacher=source if fcfg.needs_teacher else None, special_ids=data.special_ids,
-                    score=(lambda m: dev_headline(data, m)) if fcfg.eval_every else None)
-    log_evals(data.task, "control retraining", hist)
+                    score=(lambda m: data.dev_headline(m)) if fcfg.eval_every else None,
+                    higher_is_better=data.higher_is_better)
+    log_evals(data.name, "control retraining", hist)
     value = _record(data, log, "prune-none:retrained", "retrained", model, 0.0, "none", **_selection(hist, fcfg))
-    _log(f"{data.task}: control (dense, retrained) {100 * value:.2f}")
+    logger.info(f"{data.name}: control (dense, retrained) {100 * value:.2f}")
 
 
 def _selection(hist, fcfg) -> dict:
@@ -256,30 +254,26 @@ def _selection(hist, fcfg) -> dict:
 def _retrained_recorded(data, log: RecordLog, label: str, ratio: float, seed: int) -> bool:
     """Whether the retrained record of method `label` at `ratio` for retraining seed number
     `seed` is in the log (keyed by the first eval split, as `_record` writes it)."""
-    return log.has((next(iter(data.evals)), f"prune-{label}:retrained", None, seed, ratio))
+    return log.has((data.dev_key, f"prune-{label}:retrained", None, seed, ratio))
 
 
 def _record(data, log: RecordLog, condition: str, stage: str, model: nn.Module, ratio: float,
             method: str, repeat: int = 0, **extra) -> float:
     """Write the digital dev record of one pruning stage (once per `repeat`: the retraining
     seed); returns its headline."""
-    from .tasks.metrics import headline_value
-
-    eval_key, eval_batches = next(iter(data.evals.items()))
+    eval_key = data.dev_key
     key = (eval_key, condition, None, repeat, ratio)
     if log.has(key):
         return next(r["headline"] for r in log.records if r["task"] == eval_key and r["condition"] == condition
                     and r.get("prune_ratio") == ratio and r.get("repeat", 0) == repeat)
-    metrics = evaluate(model, eval_batches, eval_key)
+    metrics = data.evaluate(model, eval_key)
     log.write({"task": eval_key, "condition": condition, "t_seconds": None, "repeat": repeat,
-               "metrics": metrics, "headline": headline_value(eval_key, metrics),
+               "metrics": metrics, "headline": data.headline(eval_key, metrics),
                "prune_ratio": ratio, "stage": stage, "method": method, **extra})
-    return headline_value(eval_key, metrics)
+    return data.headline(eval_key, metrics)
 
 
 def _tile_comparison(cfg, dense: nn.Module, pruned: nn.Module, out: Path, tag: str) -> None:
-    from .mapping import MappingConfig, compare, comparison_markdown, map_model, plot_tile_layout
-
     before = map_model(dense, MappingConfig.from_tile_config(cfg.analog.tile))
     after = map_model(pruned, MappingConfig.from_tile_config(cfg.analog.tile, live_only=True))
     (out / f"pruning_tiles_{tag}.md").write_text(comparison_markdown(compare(before, after)))
@@ -296,9 +290,6 @@ def _write_artifact(out: Path, title: str, filename: str) -> None:
 
 def _mac_pictures(model: nn.Module, calib, pc, out: Path, task: str) -> None:
     """Seed 000 Fig. 3.1 (sorted product elements) and Fig. 3.2 (Δ heatmap) for one FC2."""
-    from .pruning import calibrate, capture_frames, find_targets, linear_weight
-    from .pruning import plot_delta_heatmap, plot_product_curves
-
     targets = find_targets(model, pc.blocks, pc.exclude)
     if not targets:
         return

@@ -1,7 +1,7 @@
 """Merge study folders that ran parts of one study (e.g. one task per process) into one.
 
 The sources must hold the same config except for what a study may grow (`tasks`,
-`conditions`, time points, repeats; see `study._EXTENDABLE`): the merged config takes
+`conditions`, time points, repeats; see `study.EXTENDABLE`): the merged config takes
 their union. Records are united by `record_key`; a key present in several sources must
 carry the same metrics (the runs are seeded record by record, so the same config gives the
 same record), otherwise nothing is written. Checkpoints are hard-linked (copied where
@@ -19,11 +19,12 @@ from typing import Dict, List, Sequence
 
 import yaml
 
-from .study import _EXTENDABLE, _config_changes
-from .sweep import RecordLog, record_key
+from ..report import build_report
+from .config import EXTENDABLE, config_changes
+from .records import RecordLog, record_key
 
 # what a resumed study may add to, plus per-condition time subsets (which follow conditions)
-_GROWABLE = tuple(tuple(k.split(".")) for k in _EXTENDABLE) + (("sweep", "times_per_condition"),)
+_GROWABLE = tuple(tuple(k.split(".")) for k in EXTENDABLE) + (("sweep", "times_per_condition"),)
 _REBUILT = {"results.jsonl", "config.yaml", "results.json", "summary.csv", "report.md",
             "report.html", "artifacts.json"}
 
@@ -62,7 +63,7 @@ def _merged_config(sources: Sequence[Path]) -> dict:
         configs.append(yaml.safe_load(path.read_text()) or {})
     grown = {p: _union([_pop(c, p) for c in configs]) for p in _GROWABLE}
     for s, c in zip(sources[1:], configs[1:]):
-        changes = _config_changes(configs[0], c) + [
+        changes = config_changes(configs[0], c) + [
             k + ": only in " + str(s) for k in c if k not in configs[0]]
         if changes:
             raise ValueError(f"{s} ran a different study than {sources[0]} (differs in: "
@@ -95,8 +96,6 @@ def _link_tree(src: Path, dst: Path) -> None:
 
 def merge_studies(sources: Sequence[str | Path], out: str | Path) -> Path:
     """Merge the study folders `sources` into `out` (new or empty); returns report.md."""
-    from .report import build_report
-
     sources = [Path(s) for s in sources]
     out = Path(out)
     if len(sources) < 2:

@@ -20,22 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .report_format import _base, _cell, _ordered, _tkey, time_label
-from .report_plots import _plot_pruning, _plot_time
-from .report_render import _html, _md
+from ..tasks.registry import describe, find_task
+from .format import _base, _cell, _ordered, _tkey, time_label
+from .plots import _plot_pruning, _plot_time
+from .render import _html, _md
 
 __all__ = ["load_records", "summarize", "time_label", "build_report"]
 
 DIGITAL = "digital"
-TASK_NAMES = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "qqp": "QQP", "stsb": "STS-B",
-              "mnli": "MNLI", "mnli-m": "MNLI-m", "mnli-mm": "MNLI-mm", "qnli": "QNLI",
-              "rte": "RTE", "wnli": "WNLI"}
-METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "mcc": "Matthews corr.",
-                "pearson": "Pearson", "spearmanr": "Spearman", "acc_and_f1": "acc/F1 mean",
-                "pearson_and_spearman": "Pearson/Spearman mean", "headline": "headline"}
-_HEADLINE = {"cola": "mcc", "sst2": "accuracy", "mrpc": "acc_and_f1", "qqp": "acc_and_f1",
-             "stsb": "pearson_and_spearman", "mnli": "accuracy", "mnli-m": "accuracy",
-             "mnli-mm": "accuracy", "qnli": "accuracy", "rte": "accuracy", "wnli": "accuracy"}
+METRIC_NAMES = {"headline": "headline"}
 
 
 # ----------------------------------------------------------------------------- records
@@ -116,7 +109,17 @@ def summarize(records) -> list[dict]:
 
 
 def task_name(task: str) -> str:
-    return TASK_NAMES.get(task, task)
+    """How a record key is shown (the registered task's display name)."""
+    return describe(task).display_name
+
+
+def metric_name(task: str, metric: str) -> str:
+    return {**METRIC_NAMES, **describe(task).metric_names}.get(metric, metric)
+
+
+def _sign(task: str) -> int:
+    """+1 where a higher headline is better, -1 where lower is (a loss / perplexity)."""
+    return 1 if describe(task).higher_is_better else -1
 
 
 def _headline_name(task, recs) -> str:
@@ -129,7 +132,7 @@ def _headline_name(task, recs) -> str:
     for m in ("accuracy", "mcc", "acc_and_f1", "pearson_and_spearman", *sorted(common or ())):
         if m in (common or ()):
             return m
-    return _HEADLINE.get(task, "headline")
+    return describe(task).headline_metric
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -158,8 +161,8 @@ class _Study:
         SEM of the average = √(Σ SEM²) / K, the tasks being independent runs.
         """
         groups = defaultdict(list)
-        for t in self.tasks:
-            groups["mnli" if t.startswith("mnli") else t].append(t)
+        for t in self.tasks:  # record keys of one registered task (MNLI-m / -mm) count once
+            groups[_task_of(t)].append(t)
         out = {}
         for c in self.conditions:
             for t in self.times:
@@ -180,6 +183,19 @@ class _Study:
         for (c, t), v in src.items():
             out[c][t] = v
         return {c: v for c, v in out.items() if v}
+
+
+def _task_of(key: str) -> str:
+    try:
+        return find_task(key).name
+    except ValueError:
+        return key
+
+
+def average_group(tasks) -> str | None:
+    """The benchmark whose average the report shows ("GLUE"), when every task belongs to it."""
+    groups = {describe(t).average_group for t in tasks}
+    return groups.pop() if len(groups) == 1 and len(tasks) > 1 else None
 
 
 def _safe(name: str) -> str:
@@ -220,6 +236,7 @@ def _time_table(st: _Study, values: dict) -> tuple[list, list]:
 
 
 def _drop_table(st: _Study, glue: dict):
+    group = average_group(st.tasks)
     ref = {}
     for task in st.tasks:
         pts = [t for t in st.times if (task, DIGITAL, t) in st.cell]
@@ -236,16 +253,16 @@ def _drop_table(st: _Study, glue: dict):
         row = [c, time_label(t)]
         for task in st.tasks:
             v, d = st.cell.get((task, c, t)), ref.get(task)
-            row.append(_cell(d[0] - v[0], math.hypot(d[1], v[1]), min(d[2], v[2]), True)
+            row.append(_cell(_sign(task) * (d[0] - v[0]), math.hypot(d[1], v[1]), min(d[2], v[2]), True)
                        if v and d else "n/a")
-        if len(st.tasks) > 1:
+        if group:
             v = glue.get((c, t))
             d = digital_glue[0] if digital_glue else None
             row.append(_cell(d[0] - v[0], math.hypot(d[1], v[1]), min(d[2], v[2]), True)
                        if v and d else "n/a")
         rows.append(row)
     header = ["condition", "at"] + [task_name(t) for t in st.tasks]
-    return header + (["GLUE avg"] if len(st.tasks) > 1 else []), rows
+    return header + ([f"{group} avg"] if group else []), rows
 
 
 def _prune_table(rows):
@@ -280,22 +297,24 @@ _STAGE_ORDER = {"pruned": 0, "reconstructed": 1, "retrained": 2}
 
 
 def _metric_label(task, metric) -> str:
-    return f"{task_name(task)} {METRIC_NAMES.get(metric, metric)} (%)"
+    return f"{task_name(task)} {metric_name(task, metric)} (%)"
 
 
 def _sections(d: Path, st: _Study, records, skipped, title) -> list[tuple]:
     B = [("h", 1, title), ("p", _overview(st, records, skipped))]
-    glue = st.glue()
+    group = average_group(st.tasks)
+    glue = st.glue() if group else {}
     if st.tasks:
         B.append(("h", 2, "Headline metric vs time since programming"))
         for task in st.tasks:
-            B.append(("h", 3, f"{task_name(task)} — {METRIC_NAMES.get(st.metric[task], st.metric[task])}"))
+            B.append(("h", 3, f"{task_name(task)} — {metric_name(task, st.metric[task])}"))
             B.append(("table", *_time_table(st, {(c, t): v for (k, c, t), v in st.cell.items() if k == task})))
-    if len(st.tasks) > 1:
+    if group:
         names = ", ".join(task_name(t) for t in st.tasks)
-        mnli = " (MNLI-m and MNLI-mm count once, as their mean)" if sum(
-            t.startswith("mnli") for t in st.tasks) > 1 else ""
-        B += [("h", 2, "GLUE average"),
+        halves = [t for t in st.tasks if _task_of(t) != t]
+        mnli = (f" ({' and '.join(map(task_name, halves))} count once, as their mean)"
+                if len(halves) > 1 else "")
+        B += [("h", 2, f"{group} average"),
               ("p", f"Unweighted mean of the headline metric over {names}{mnli}; a cell appears "
                     "only where every task has that point. SEM = √(Σ SEM²)/K over the K tasks.")]
         B.append(("table", *_time_table(st, glue)) if glue else
@@ -303,7 +322,8 @@ def _sections(d: Path, st: _Study, records, skipped, title) -> list[tuple]:
     header, rows = _drop_table(st, glue)
     B.append(("h", 2, "Drop vs digital at the last time point"))
     if rows and any(k for k in st.tasks if any(c == DIGITAL for (t, c, _) in st.cell if t == k)):
-        B += [("p", "Digital minus condition, in points (positive = score lost), at each "
+        B += [("p", "Digital minus condition, in points (positive = score lost; for a metric where "
+                    "lower is better, condition minus digital), at each "
                     "condition's last time point; ± combines both SEMs."), ("table", header, rows)]
     else:
         B.append(("p", "Not available: the records have no `digital` baseline or no timed condition."))
@@ -315,7 +335,7 @@ def _sections(d: Path, st: _Study, records, skipped, title) -> list[tuple]:
             rows_t = [r for r in st.rows if r["task"] == task and r["prune_ratio"] is None]
             names = _ordered([{"m": m} for r in rows_t for m in r["metrics"]], "m")
             B += [("h", 3, task_name(task)),
-                  ("table", ["condition", "time"] + [METRIC_NAMES.get(m, m) for m in names],
+                  ("table", ["condition", "time"] + [metric_name(task, m) for m in names],
                    [[r["condition"], _col(r["t_seconds"])] + [
                        _cell(100 * r["metrics"][m]["mean"], 100 * r["metrics"][m]["sem"],
                              r["metrics"][m]["n"]) if m in r["metrics"] else "" for m in names]
@@ -327,11 +347,12 @@ def _sections(d: Path, st: _Study, records, skipped, title) -> list[tuple]:
         _plot_time(d / f, st.series(task), st.style, f"{ylabel[:-4]} vs time since programming",
                    ylabel)
         plots.append((f"{task_name(task)} vs time", f))
-    if len(st.tasks) > 1 and any(t is not None for _, t in glue):
-        _plot_time(d / "glue_average_vs_time.png", st.series(None), st.style,
-                   f"GLUE average ({', '.join(map(task_name, st.tasks)) if len(st.tasks) < 5 else f'{len(st.tasks)} tasks'})"
-                   " vs time since programming", "GLUE average score (%)")
-        plots.append(("GLUE average vs time", "glue_average_vs_time.png"))
+    if group and any(t is not None for _, t in glue):
+        f = f"{_safe(group.lower())}_average_vs_time.png"
+        _plot_time(d / f, st.series(None), st.style,
+                   f"{group} average ({', '.join(map(task_name, st.tasks)) if len(st.tasks) < 5 else f'{len(st.tasks)} tasks'})"
+                   " vs time since programming", f"{group} average score (%)")
+        plots.append((f"{group} average vs time", f))
     if plots:
         B += [("h", 2, "Plots")] + [("img", a, f) for a, f in plots]
     if st.prune_rows:

@@ -23,13 +23,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .pruning.targets import BLOCKS, DEFAULT_EXCLUDE, analog_matrices, ffn_groups, linear_weight
-from .tile import split_sizes
+from ..nn.targets import BLOCKS, DEFAULT_EXCLUDE, analog_matrices, ffn_groups, linear_weight
+from ..nn.tile import split_sizes
 
 POLICIES = ("balanced", "fill_first")
 BLOCK_ORDER = BLOCKS + ("other",)
-BLOCK_COLORS = {"in_proj": "tab:blue", "out_proj": "tab:orange", "fc1": "tab:green",
-                "fc2": "tab:red", "other": "tab:gray"}
 
 
 @dataclass(frozen=True)
@@ -391,10 +389,3 @@ def _write_csv(path: str, rows: List[Dict[str, object]]) -> str:
 
 def comparison_csv(rows: List[Dict[str, object]], path: str) -> str:
     return _write_csv(path, rows)
-
-
-def plot_tile_layout(tilemap: TileMap, path: str, after: Optional[TileMap] = None,
-                     **kw) -> str:
-    """PNG of the tile layout (before / after pruning); see `pruning.plots.plot_tile_layout`."""
-    from .pruning.plots import plot_tile_layout as _plot
-    return _plot(tilemap, path, after=after, **kw)

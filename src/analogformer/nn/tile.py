@@ -39,7 +39,7 @@ def split_offsets(sizes: Sequence[int]) -> List[int]:
     return out
 
 
-def _levels(bits: int) -> int:
+def levels(bits: int) -> int:
     """Positive levels of a symmetric signed quantizer with `bits` bits (e.g. 8 -> 127)."""
     return 2 ** (bits - 1) - 1
 
@@ -51,7 +51,7 @@ def quantize_symmetric(x: torch.Tensor, bits: int, bound) -> torch.Tensor:
     gradient only inside the range (a value that saturates gets no gradient). `bound` may
     be a tensor (learned range) and receives gradient through the clipped values.
     """
-    n = _levels(bits)
+    n = levels(bits)
     clipped = torch.maximum(torch.minimum(x, bound), -bound) if torch.is_tensor(bound) \
         else x.clamp(-bound, bound)
     step = bound / n
@@ -68,7 +68,7 @@ def dac_normalize(x: torch.Tensor, input_range: torch.Tensor, bits: int) -> torc
     inside the range (STE) and to r through the division for in-range values; the caller
     multiplies the output by r again so clipped inputs give r its gradient (as in PACT).
     """
-    n = _levels(bits)
+    n = levels(bits)
     xn = x / input_range
     clipped = xn.clamp(-1.0, 1.0)
     q = torch.round(clipped * n) / n

@@ -84,8 +84,15 @@ def layer_index(name: str) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
-def _excluded(name: str, exclude: Sequence[str]) -> bool:
-    return any(re.search(p, name) for p in exclude)
+def compile_patterns(patterns: Sequence[str], field: str = "exclude") -> List["re.Pattern[str]"]:
+    """Compiled module-name regexes; an invalid one is an error naming `field`."""
+    out = []
+    for p in patterns:
+        try:
+            out.append(re.compile(p))
+        except re.error as e:
+            raise ValueError(f"AnalogConfig.{field}: invalid regex {p!r}: {e}") from None
+    return out
 
 
 @dataclass(frozen=True)
@@ -95,12 +102,19 @@ class Target:
     block: Optional[str]
 
 
-def analog_matrices(model: nn.Module, exclude: Sequence[str] = DEFAULT_EXCLUDE) -> List[Target]:
-    """Every analog matrix of `model` once (shared modules, e.g. ALBERT's layer, once)."""
+def analog_matrices(model: nn.Module, exclude: Sequence[str] = DEFAULT_EXCLUDE,
+                    include: Sequence[str] = ()) -> List[Target]:
+    """Every analog matrix of `model` once (shared modules, e.g. ALBERT's layer, once): the
+    nn.Linear / Conv1D modules whose name matches an `include` regex (empty = all) and no
+    `exclude` regex. `analogize`, the tile map and pruning all choose their matrices here."""
+    inc, exc = compile_patterns(include, "include"), compile_patterns(exclude, "exclude")
     out = []
     for name, mod in model.named_modules():  # named_modules de-duplicates shared modules
-        if is_analog_matrix(mod) and not _excluded(name, exclude):
-            out.append(Target(name, mod, block_of(name)))
+        if not name or not is_analog_matrix(mod):
+            continue
+        if (inc and not any(p.search(name) for p in inc)) or any(p.search(name) for p in exc):
+            continue
+        out.append(Target(name, mod, block_of(name)))
     return out
 
 

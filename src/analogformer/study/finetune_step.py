@@ -20,36 +20,24 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, Tuple
 
+import tempfile
+
 from torch import nn
 
-from .finetune import FinetuneConfig, evaluate, finetune, save_checkpoint
-from .tasks.metrics import headline_value
+from ..inference import drift, program
+from ..logs import get_logger
+from ..nn.convert import analog_layers, analogize
+from ..training.finetune import FinetuneConfig, finetune, save_checkpoint
+from ..training.hwa import hwa_after_step, prepare_hwa, remove_hwa
+from .sweep import set_input_ranges
 
 _SELECT_SEED = 7_777_777  # program seeds of the ranking, apart from the sweep's
-
-
-def _log(msg: str) -> None:
-    print(f"[analogformer {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def load_checkpoint_eval(path: Path) -> nn.Module:
-    from transformers import AutoModelForSequenceClassification
-    return AutoModelForSequenceClassification.from_pretrained(path).eval()
-
-
-def dev_headline(data, model: nn.Module) -> float:
-    """Headline metric of `model` (digital) on the task's first eval split."""
-    key, batches = next(iter(data.evals.items()))
-    return headline_value(key, evaluate(model, batches, key))
+logger = get_logger(__name__)
 
 
 def analog_dev_headline(cfg, data, model: nn.Module, ranges: Dict[str, float]) -> float:
     """Mean dev headline of `model` on tiles (its DAC ranges `ranges`), compensated, at the
     sweep's last time point, over `cfg.select_repeats` device instances."""
-    from .inference import drift, program
-    from .nn.convert import analogize
-    from .sweep import set_input_ranges
-
     analog = analogize(copy.deepcopy(model), copy.deepcopy(cfg.analog))
     set_input_ranges(analog, ranges)
     t = max(cfg.sweep.times_seconds)
@@ -57,7 +45,7 @@ def analog_dev_headline(cfg, data, model: nn.Module, ranges: Dict[str, float]) -
     for r in range(cfg.select_repeats):
         program(analog, seed=_SELECT_SEED + r)
         drift(analog, t)
-        scores.append(dev_headline(data, analog))
+        scores.append(data.dev_headline(analog))
     return sum(scores) / len(scores)
 
 
@@ -72,34 +60,35 @@ def _best_of(cfg, data, what: str, train: Callable[[int], Tuple[nn.Module, dict,
         rows.append({"candidate": k, "seed_offset": k, "dev_score": score,
                      "train_seconds": round(extra["history"]["seconds"], 1)})
         if cfg.best_of > 1:
-            _log(f"{data.task}: {what} candidate {k + 1}/{cfg.best_of}: dev {100 * score:.2f}")
-        if best is None or score > best[2]:
+            logger.info(f"{data.name}: {what} candidate {k + 1}/{cfg.best_of}: dev {100 * score:.2f}")
+        if best is None or data.better(score, best[2]):
             best = (model, extra, score, k)
     model, extra, score, k = best
     save_checkpoint(model, tok, path)
     (path / "history.json").write_text(json.dumps(extra["history"]))
     if cfg.best_of > 1:
-        _log(f"{data.task}: keeping {what} candidate {k + 1} (dev {100 * score:.2f})")
+        logger.info(f"{data.name}: keeping {what} candidate {k + 1} (dev {100 * score:.2f})")
         (path / "candidates.json").write_text(json.dumps({"chosen": k, "candidates": rows}, indent=1))
     return model, extra
 
 
 def digital_model(cfg, data, base: nn.Module, tok, out: Path, progress: bool) -> nn.Module:
-    path = out / "checkpoints" / data.task / "digital"
+    path = out / "checkpoints" / data.name / "digital"
     if (path / "model.safetensors").exists():
-        _log(f"{data.task}: reusing digital checkpoint {path}")
-        return load_checkpoint_eval(path)
-    fcfg = cfg.finetune_for(data.task)
-    _log(f"{data.task}: digital fine-tuning ({len(data.train)} examples, {fcfg.epochs} epoch(s), "
+        logger.info(f"{data.name}: reusing digital checkpoint {path}")
+        return data.task.load_trained(path)
+    fcfg = cfg.finetune_for(data.name)
+    logger.info(f"{data.name}: digital fine-tuning ({len(data.train)} examples, {fcfg.epochs} epoch(s), "
          f"lr {fcfg.learning_rate:g}" + (f", best of {cfg.best_of} seeds" if cfg.best_of > 1 else "") + ")")
 
     def train(k: int):
         fk: FinetuneConfig = replace(fcfg, seed=fcfg.seed + k)
         model, t = copy.deepcopy(base), time.time()
         hist = finetune(model, data.train_loader(fk.batch_size, fk.seed), fk, progress=progress,
-                        score=(lambda m: dev_headline(data, m)) if fk.eval_every else None)
-        log_evals(data.task, "digital", hist)
-        score = dev_headline(data, model) if cfg.best_of > 1 else float("nan")
+                        score=(lambda m: data.dev_headline(m)) if fk.eval_every else None,
+                        higher_is_better=data.higher_is_better)
+        log_evals(data.name, "digital", hist)
+        score = data.dev_headline(model) if cfg.best_of > 1 else float("nan")
         return model, {"history": _history(hist, t)}, score
 
     model, extra = _best_of(cfg, data, "digital", train, path, tok)
@@ -108,17 +97,14 @@ def digital_model(cfg, data, base: nn.Module, tok, out: Path, progress: bool) ->
 
 def hwa_model(cfg, data, base: nn.Module, digital: nn.Module, tok, out: Path, progress: bool):
     """HWA fine-tune; returns (plain HF model with the trained weights, input ranges)."""
-    from .nn.convert import analogize
-    from .training import hwa_after_step, prepare_hwa, remove_hwa
-
-    path = out / "checkpoints" / data.task / "hwa"
+    path = out / "checkpoints" / data.name / "hwa"
     ranges_path = path / "input_ranges.json"
     if (path / "model.safetensors").exists() and ranges_path.exists():
-        _log(f"{data.task}: reusing HWA checkpoint {path}")
-        return load_checkpoint_eval(path), json.loads(ranges_path.read_text())
+        logger.info(f"{data.name}: reusing HWA checkpoint {path}")
+        return data.task.load_trained(path), json.loads(ranges_path.read_text())
     h = cfg.hwa
-    fcfg = cfg.finetune_for(data.task, h.finetune)
-    _log(f"{data.task}: HWA fine-tuning ({fcfg.epochs} epoch(s), lr {fcfg.learning_rate:g}, "
+    fcfg = cfg.finetune_for(data.name, h.finetune)
+    logger.info(f"{data.name}: HWA fine-tuning ({fcfg.epochs} epoch(s), lr {fcfg.learning_rate:g}, "
          f"noise {h.recipe.weight_noise} x{h.recipe.weight_noise_scale}"
          + (f", distilled from the digital model w={fcfg.distill_weight:g}" if fcfg.distill_weight > 0 else "")
          + (f", best of {cfg.best_of} seeds on tiles" if cfg.best_of > 1 else "") + ")")
@@ -132,32 +118,30 @@ def hwa_model(cfg, data, base: nn.Module, digital: nn.Module, tok, out: Path, pr
         hist = finetune(model, data.train_loader(fk.batch_size, fk.seed + 7), fk,
                         after_step=hwa_after_step(h.recipe), progress=progress,
                         teacher=digital if fk.needs_teacher else None, special_ids=data.special_ids,
-                        score=(lambda m: _tiles_score(cfg, data, m)) if fk.eval_every else None)
-        log_evals(data.task, "HWA (on tiles)", hist)
+                        score=(lambda m: _tiles_score(cfg, data, m)) if fk.eval_every else None,
+                        higher_is_better=data.higher_is_better)
+        log_evals(data.name, "HWA (on tiles)", hist)
         remove_hwa(model)
         ranges = _ranges(model)
         score = float("nan")
         if cfg.best_of > 1:  # ranked on tiles: a plain copy to analogize afresh
-            model = _plain(model)
+            model = _plain(data, model)
             score = analog_dev_headline(cfg, data, model, ranges)
         return model, {"ranges": ranges, "history": _history(hist, t)}, score
 
     _, extra = _best_of(cfg, data, "HWA", train, path, tok)
     ranges_path.write_text(json.dumps(extra["ranges"], indent=1))
-    return load_checkpoint_eval(path), extra["ranges"]
+    return data.task.load_trained(path), extra["ranges"]
 
 
 def _ranges(model: nn.Module) -> Dict[str, float]:
-    from .nn.convert import analog_layers
     return {name: float(layer.input_range.detach()) for name, layer in analog_layers(model)}
 
 
 def _tiles_score(cfg, data, model: nn.Module) -> float:
     """Dev headline on tiles of an HWA model in training (evaluated on a plain copy)."""
-    from .training import remove_hwa
-
     trained = remove_hwa(copy.deepcopy(model))
-    return analog_dev_headline(cfg, data, _plain(trained), _ranges(trained))
+    return analog_dev_headline(cfg, data, _plain(data, trained), _ranges(trained))
 
 
 def _history(hist, started: float) -> dict:
@@ -169,14 +153,12 @@ def log_evals(task: str, what: str, hist) -> None:
     if hist.evals:
         curve = ", ".join(f"{s}: {100 * v:.2f}" for s, v in hist.evals)
         kept = "" if hist.best_step is None else f"; kept step {hist.best_step}"
-        _log(f"{task}: {what} dev score by step: {curve}{kept}")
+        logger.info(f"{task}: {what} dev score by step: {curve}{kept}")
 
 
-def _plain(model: nn.Module) -> nn.Module:
+def _plain(data, model: nn.Module) -> nn.Module:
     """The HF model with plain nn.Linear layers (an HWA model after `remove_hwa` still has
     AnalogLinear modules): a save/load round trip through a temporary folder."""
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(model, None, tmp)
-        return load_checkpoint_eval(Path(tmp))
+        return data.task.load_trained(tmp)

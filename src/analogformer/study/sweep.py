@@ -15,10 +15,7 @@ The digital baseline is one record with `t_seconds: null`.
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -27,9 +24,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import AnalogConfig, _check_positive, _fail
-from .inference import calibrate_input_ranges, drift, program, reseed_noise, set_compensation
-from .nn.convert import analogize
+from ..config import AnalogConfig, check_positive, fail
+from ..inference import calibrate_input_ranges, drift, program, reseed_noise, set_compensation
+from ..nn.convert import analog_layers, analogize
+from .records import RecordLog
 
 DEFAULT_TIMES = (1.0, 3600.0, 86400.0, 604800.0, 2592000.0)  # 1 s, 1 h, 1 d, 1 w, 1 month
 
@@ -86,29 +84,29 @@ class SweepConfig:
     def __post_init__(self):
         self.times_seconds = tuple(float(t) for t in self.times_seconds)
         if not self.times_seconds:
-            _fail("SweepConfig", "times_seconds", "needs at least one time point")
+            fail("SweepConfig", "times_seconds", "needs at least one time point")
         for t in self.times_seconds:
             if not math.isfinite(t) or t < 0:
-                _fail("SweepConfig", "times_seconds", f"times must be finite and >= 0, got {t!r}")
+                fail("SweepConfig", "times_seconds", f"times must be finite and >= 0, got {t!r}")
         for n in ("repeats", "calibration_batches", "eval_batch_size"):
-            _check_positive(self, n, integer=True)
+            check_positive(self, n, integer=True)
         if self.calibration_percentile is not None and not 0 < self.calibration_percentile <= 100:
-            _fail("SweepConfig", "calibration_percentile", "must be in (0, 100] or null (max |x|)")
+            fail("SweepConfig", "calibration_percentile", "must be in (0, 100] or null (max |x|)")
         if self.times_per_condition is not None:
             if not isinstance(self.times_per_condition, dict):
-                _fail("SweepConfig", "times_per_condition",
+                fail("SweepConfig", "times_per_condition",
                       f"must map condition names to lists of times, got {self.times_per_condition!r}")
             fixed = {}
             for name, times in self.times_per_condition.items():
                 if name not in CONDITIONS:
-                    _fail("SweepConfig", "times_per_condition",
+                    fail("SweepConfig", "times_per_condition",
                           f"unknown condition {name!r}; allowed: {list(CONDITIONS)}")
                 if isinstance(times, (int, float)):
                     times = [times]
                 times = tuple(float(t) for t in times)
                 extra = [t for t in times if t not in self.times_seconds]
                 if not times or extra:
-                    _fail("SweepConfig", "times_per_condition",
+                    fail("SweepConfig", "times_per_condition",
                           f"{name}: times must be a non-empty subset of times_seconds "
                           f"{list(self.times_seconds)}; not in it: {extra}")
                 fixed[name] = times
@@ -120,54 +118,8 @@ class SweepConfig:
         return per.get(condition, per.get(condition.split("@")[0], self.times_seconds))
 
 
-def record_key(r: dict) -> Tuple:
-    """(task, condition, t_seconds, repeat, prune_ratio): what makes a record unique."""
-    t, x = r.get("t_seconds"), r.get("prune_ratio")
-    return (r["task"], r["condition"], None if t is None else float(t), int(r["repeat"]),
-            None if x is None else float(x))
-
-
-class RecordLog:
-    """Append-only JSON-lines record file; knows which records are already there."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.records: List[dict] = []
-        if self.path.exists():
-            with self.path.open() as f:
-                lines = f.read().splitlines()
-            for i, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    self.records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    if i == len(lines):  # the write in flight when a run was killed
-                        warnings.warn(f"{self.path}:{i}: skipping a truncated last record")
-                        with self.path.open("w") as f:
-                            f.write("".join(l + "\n" for l in lines[:i - 1] if l.strip()))
-                    else:
-                        raise ValueError(f"{self.path}:{i}: corrupt record in the middle of the file; "
-                                         "fix or remove that line") from None
-        self.done = {record_key(r) for r in self.records}
-
-    def has(self, key: Tuple) -> bool:
-        """`key` as record_key; a 4-tuple (no prune ratio) means prune_ratio None."""
-        return (tuple(key) + (None,) * (5 - len(key))) in self.done
-
-    def write(self, record: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.records.append(record)
-        self.done.add(record_key(record))
-
-
 def set_input_ranges(model: nn.Module, ranges: Dict[str, float]) -> None:
     """Set DAC ranges by layer name; every analog layer must be named in `ranges`."""
-    from .nn.convert import analog_layers
     for name, layer in analog_layers(model):
         if name not in ranges:
             raise ValueError(f"input ranges given for this model miss layer {name!r}")

@@ -1,7 +1,7 @@
 """Plots of the study report: metric vs time since programming, pruning stages."""
 from __future__ import annotations
 
-from .report_format import _base, _cell, _ordered, condition_label, time_label
+from .format import _base, _cell, _ordered, condition_label, time_label
 
 _DPI = 150
 _FIGSIZE = (8.0, 4.5)          # inches -> 1200 × 675 px at _DPI

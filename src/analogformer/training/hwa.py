@@ -30,10 +30,10 @@ from typing import Callable, Iterable, List, Optional
 import torch
 from torch import nn
 
-from .config import PCMConfig
-from .inference import calibrate_input_ranges
-from .nn.convert import analog_layers
-from .nn.linear import AnalogLinear
+from ..config import PCMConfig
+from ..inference import calibrate_input_ranges
+from ..nn.convert import analog_layers
+from ..nn.linear import AnalogLinear
 
 __all__ = ["HWAConfig", "GaussianWeightNoise", "PCMWeightNoise", "prepare_hwa", "remove_hwa",
            "clip_weights", "clamp_input_ranges", "hwa_after_step", "param_groups",
@@ -42,7 +42,7 @@ __all__ = ["HWAConfig", "GaussianWeightNoise", "PCMWeightNoise", "prepare_hwa", 
 OUTPUT_SCALE = "hwa_output_scale"  # name of the per-column digital output scale Parameter
 
 
-def _fail(name: str, msg: str) -> None:
+def fail(name: str, msg: str) -> None:
     raise ValueError(f"HWAConfig.{name}: {msg}")
 
 
@@ -101,33 +101,33 @@ class HWAConfig:
                    "input_range_init": ("data", "config", None)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                _fail(name, f"must be one of {list(allowed)}, got {getattr(self, name)!r}")
+                fail(name, f"must be one of {list(allowed)}, got {getattr(self, name)!r}")
         if not _is_number(self.weight_noise_scale) or self.weight_noise_scale < 0:
-            _fail("weight_noise_scale", f"must be a finite number >= 0, got {self.weight_noise_scale!r}")
+            fail("weight_noise_scale", f"must be a finite number >= 0, got {self.weight_noise_scale!r}")
         if self.clip == "fixed" and not (_is_number(self.clip_value) and self.clip_value > 0):
-            _fail("clip_value", f"must be a number > 0 when clip='fixed', got {self.clip_value!r}")
+            fail("clip_value", f"must be a number > 0 when clip='fixed', got {self.clip_value!r}")
         if self.clip_value is not None and not (_is_number(self.clip_value) and self.clip_value > 0):
-            _fail("clip_value", f"must be a number > 0 or None, got {self.clip_value!r}")
+            fail("clip_value", f"must be a number > 0 or None, got {self.clip_value!r}")
         if self.clip == "sigma" and not (_is_number(self.clip_sigma) and self.clip_sigma > 0):
-            _fail("clip_sigma", f"must be a number > 0 when clip='sigma', got {self.clip_sigma!r}")
+            fail("clip_sigma", f"must be a number > 0 when clip='sigma', got {self.clip_sigma!r}")
         if self.clip_sigma is not None and not (_is_number(self.clip_sigma) and self.clip_sigma > 0):
-            _fail("clip_sigma", f"must be a number > 0 or None, got {self.clip_sigma!r}")
+            fail("clip_sigma", f"must be a number > 0 or None, got {self.clip_sigma!r}")
         for name in ("learn_input_ranges", "output_scales"):
             if not isinstance(getattr(self, name), bool):
-                _fail(name, f"must be True or False, got {getattr(self, name)!r}")
+                fail(name, f"must be True or False, got {getattr(self, name)!r}")
         p = self.input_range_percentile
         if p is not None and not (_is_number(p) and 0 < p <= 100):
-            _fail("input_range_percentile", f"must be in (0, 100] or None (max |x|), got {p!r}")
+            fail("input_range_percentile", f"must be in (0, 100] or None (max |x|), got {p!r}")
         n = self.input_range_batches
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            _fail("input_range_batches", f"must be an int >= 1, got {n!r}")
+            fail("input_range_batches", f"must be an int >= 1, got {n!r}")
         n = self.output_noise_pool
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            _fail("output_noise_pool", f"must be an int >= 1 or None (fresh draws), got {n!r}")
+            fail("output_noise_pool", f"must be an int >= 1 or None (fresh draws), got {n!r}")
         for name in ("input_range_lr", "input_range_min"):
             v = getattr(self, name)
             if not (_is_number(v) and v > 0):
-                _fail(name, f"must be a finite number > 0, got {v!r}")
+                fail(name, f"must be a finite number > 0, got {v!r}")
 
 
 # ---------------------------------------------------------------- weight-noise hooks
@@ -347,7 +347,7 @@ def clamp_input_ranges(model: nn.Module, minimum: float) -> nn.Module:
 
 
 def hwa_after_step(hwa_cfg: HWAConfig) -> Callable[[nn.Module], None]:
-    """`after_step(model)` for `analogformer.finetune.finetune`: clip weights and keep
+    """`after_step(model)` for `analogformer.training.finetune.finetune`: clip weights and keep
     ranges positive after every optimizer step."""
     _check_cfg(hwa_cfg, "hwa_after_step")
 

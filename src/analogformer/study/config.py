@@ -1,0 +1,216 @@
+"""The study config: one YAML file describing a whole experiment.
+
+Composed of the per-concern configs (`AnalogConfig`, `FinetuneConfig`, `SweepConfig`,
+`AttentionQuantConfig`, `HWAConfig`, `PruneConfig`). Loading is strict: unknown keys and
+wrong types are errors naming the key path and the allowed keys/values. `--set a.b=v`
+overrides are applied to the dict before validation.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
+
+from ..config import AnalogConfig, check_choice, check_positive, fail, from_dict, to_dict
+from ..nn.attention import AttentionQuantConfig
+from ..tasks.registry import find_task
+from ..training.finetune import FinetuneConfig
+from ..training.hwa import HWAConfig
+from .prune_config import PruneStudyConfig
+from .sweep import CONDITIONS, SweepConfig
+
+
+@dataclass
+class DataConfig:
+    """Where each task's data comes from, and how much of it. `glue_dir` (a folder in the
+    standard GLUE layout) is read by the GLUE tasks when set; `glue_dir: null` loads HF
+    `datasets` ("glue", task) from the hub. `task_dirs` gives other registered tasks their
+    local folder by task name (each task's documentation says what it reads there)."""
+
+    glue_dir: Optional[str] = "../shared/data/glue"
+    task_dirs: Dict[str, str] = field(default_factory=dict)
+    max_train_examples: Optional[int] = None
+    max_eval_examples: Optional[int] = None
+    max_length: int = 128
+
+    def __post_init__(self):
+        check_positive(self, "max_train_examples", allow_none=True, integer=True)
+        check_positive(self, "max_eval_examples", allow_none=True, integer=True)
+        check_positive(self, "max_length", integer=True)
+
+
+@dataclass
+class HWAStudyConfig:
+    """HWA fine-tuning in a study: the noise/clipping recipe (`recipe`) and the
+    optimisation (`finetune`, by default the digital recipe's values). `init_from`:
+    start from the "digital" fine-tuned checkpoint or from the "pretrained" model."""
+
+    recipe: Any = None  # an analogformer.training.HWAConfig (or its fields as a mapping)
+    finetune: Dict[str, Any] = field(default_factory=dict)
+    init_from: str = "digital"
+
+    def __post_init__(self):
+        check_choice(self, "init_from", {"digital", "pretrained"})
+        if self.recipe is None:
+            self.recipe = HWAConfig()
+        elif isinstance(self.recipe, dict):
+            self.recipe = from_dict(HWAConfig, self.recipe, prefix="hwa.recipe")
+        elif not isinstance(self.recipe, HWAConfig):
+            fail("HWAStudyConfig", "recipe", f"must be a mapping of HWAConfig fields, got {self.recipe!r}")
+
+
+@dataclass
+class StudyConfig:
+    """Everything one `analogformer study` run does."""
+
+    model: Optional[str] = None  # hub name or local path; None = the bundled MiniLM
+    tasks: Tuple[str, ...] = ("sst2",)
+    seed: int = 0
+    output_dir: str = "runs/study"
+    data: DataConfig = field(default_factory=DataConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    finetune_per_task: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    analog: AnalogConfig = field(default_factory=AnalogConfig)
+    attention: AttentionQuantConfig = field(default_factory=lambda: AttentionQuantConfig(bits=None))
+    hwa: Optional[HWAStudyConfig] = None
+    pruning: Optional[PruneStudyConfig] = None
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    conditions: Tuple[str, ...] = ("digital", "analog-nocomp", "analog", "analog-gamma0.5")
+    # fine-tune this many seeds per task (digital, and HWA) and keep the best on the dev
+    # set; seed 001 picks the best of 5 (SPEC §4.1). HWA candidates are ranked on tiles.
+    best_of: int = 1
+    # device instances behind every score on tiles that selects a model (HWA candidates of
+    # best_of, keep_best evaluations of HWA fine-tuning); drawn apart from the sweep's
+    select_repeats: int = 2
+
+    def __post_init__(self):
+        check_positive(self, "best_of", integer=True)
+        check_positive(self, "select_repeats", integer=True)
+        self.best_of, self.select_repeats = int(self.best_of), int(self.select_repeats)
+
+        if isinstance(self.tasks, str) or not self.tasks:
+            fail("StudyConfig", "tasks", "must be a non-empty list of registered task names, e.g. [sst2, mrpc]")
+        for t in self.tasks:
+            try:
+                find_task(t)
+            except ValueError as e:
+                fail("StudyConfig", "tasks", str(e))
+        for c in self.conditions:
+            if c not in CONDITIONS:
+                fail("StudyConfig", "conditions", f"unknown condition {c!r}; allowed: {list(CONDITIONS)}")
+        models = {CONDITIONS[c].model for c in self.conditions}
+        if "hwa" in models and self.hwa is None:
+            fail("StudyConfig", "conditions", "an 'hwa*' condition needs an `hwa:` section")
+        if "pruned" in models and self.pruning is None:
+            fail("StudyConfig", "conditions", "a 'pruned*' condition needs a `pruning:` section")
+        for task, over in self.finetune_per_task.items():
+            if not isinstance(over, dict):
+                fail("StudyConfig", "finetune_per_task", f"{task}: expected a mapping of FinetuneConfig fields")
+            self.finetune_for(task)  # validates the override keys now, not mid-run
+        for task in self.tasks:  # the digital fine-tune starts from the pre-trained model: no teacher
+            f = self.finetune_for(task)
+            for name in FinetuneConfig.TEACHER_FIELDS:
+                if getattr(f, name) > 0:
+                    fail("StudyConfig", "finetune", f"{name}={getattr(f, name)} for {task!r}: the digital "
+                          "fine-tune has no teacher; set it under pruning.retrain or hwa.finetune")
+        # the retraining and HWA recipes are checked now too, not after the digital fine-tunes
+        for section, over in (("pruning.retrain", self.pruning.retrain if self.pruning else None),
+                              ("hwa.finetune", self.hwa.finetune if self.hwa else None)):
+            if over is not None:
+                for task in self.tasks:
+                    f = self.finetune_for(task, over, prefix=section)
+                    # on the resolved recipe: ema_decay may come from `finetune` / `finetune_per_task`
+                    if section == "pruning.retrain" and self.pruning.stages > 1 and f.ema_decay is not None:
+                        fail("StudyConfig", "pruning.retrain.ema_decay",
+                              f"{f.ema_decay} for {task!r}: weight averaging needs masks that stay fixed "
+                              "during the retraining; gradual pruning (stages > 1) changes them (the "
+                              "average would keep rows pruned later): use stages: 1, or ema_decay: null")
+
+    def finetune_for(self, task: str, overrides: Optional[Dict[str, Any]] = None,
+                     prefix: Optional[str] = None) -> FinetuneConfig:
+        """The fine-tuning recipe for `task`: `finetune`, then `finetune_per_task[task]`, then
+        `overrides` (e.g. `pruning.retrain`; errors name `prefix`)."""
+        base = to_dict(self.finetune)
+        base.update(self.finetune_per_task.get(task, {}))
+        base.update(overrides or {})
+        return from_dict(FinetuneConfig, base, prefix=prefix or f"finetune_per_task.{task}")
+
+
+# What a resumed study may add to: records are keyed and seeded one by one (task,
+# condition, time, repeat), so new tasks / conditions / time points / repeats / retraining
+# seeds are computed and everything already recorded stays valid.
+EXTENDABLE = ("tasks", "conditions", "sweep.times_seconds", "sweep.repeats", "pruning.retrain_seeds",
+               "pruning.round_seeds")
+
+
+def _extends(key: str, old, new) -> bool:
+    if key not in EXTENDABLE:
+        return False
+    if isinstance(old, list) and isinstance(new, list):
+        return all(v in new for v in old)
+    return type(old) is int and type(new) is int and new >= old
+
+
+def config_changes(old, new, prefix: str = "") -> List[str]:
+    """Keys whose values differ between two config dicts. Keys the old dict lacks are
+    options added by a newer analogformer (at their defaults), and lists that only grow
+    (`EXTENDABLE`): not a change."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return [] if old == new or _extends(prefix, old, new) else [f"{prefix}: {old!r} -> {new!r}"]
+    out = []
+    for k in new:
+        if k in old:
+            out += config_changes(old[k], new[k], f"{prefix}.{k}" if prefix else str(k))
+    out += [(f"{prefix}.{k}" if prefix else str(k)) + ": removed" for k in old if k not in new]
+    return out
+
+
+
+# ------------------------------------------------------------------ YAML + overrides
+
+def parse_override(text: str) -> Tuple[str, Any]:
+    """'analog.adc.bits=8' -> ('analog.adc.bits', 8) (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ValueError(f"--set {text!r}: expected KEY=VALUE, e.g. --set analog.adc.bits=8")
+    key, _, raw = text.partition("=")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_override(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        if node.get(p) is None:
+            node[p] = {}
+        if not isinstance(node[p], dict):
+            raise ValueError(f"--set {key}: {p!r} is not a section")
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def load_study_config(path: Optional[str] = None, overrides=()) -> StudyConfig:
+    """Read a YAML study file (or the defaults when `path` is None) and apply overrides."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"study config {p} does not exist; presets are in configs/ "
+                             "(e.g. configs/quickstart.yaml)")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{p}: the top level must be a mapping of study keys")
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, value = parse_override(item) if isinstance(item, str) else item
+        apply_override(data, key, value)
+    return from_dict(StudyConfig, data)
+
+
+def dump_study_config(cfg: StudyConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
