@@ -11,7 +11,7 @@ from analogformer.tasks import (compute_metrics, encode_examples, get_task, glue
                                 headline_metric, headline_value, load_glue_examples,
                                 make_loader, predictions_from_logits)
 
-REAL_GLUE = Path(__file__).parents[1].parent / "shared" / "data" / "glue"
+REAL_GLUE = Path(__file__).parents[2].parent / "shared" / "data" / "glue"
 MNLI_HEADER = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse",
                "sentence2_binary_parse", "sentence1_parse", "sentence2_parse", "sentence1",
                "sentence2", "label1"]
