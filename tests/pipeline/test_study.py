@@ -1,13 +1,10 @@
 """End-to-end `analogformer study` on a tiny random BERT and a tiny GLUE folder; config
 validation and round trip; resume after interruption."""
 import json
-import re
-import random
 
 import pytest
 import torch
 import yaml
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
 from analogformer.cli import main
 from analogformer.config import from_dict, to_dict

@@ -1,17 +1,13 @@
 """The pruning step of `analogformer study` end to end on a tiny random BERT and a tiny GLUE
 folder: methods, ratios, baselines, schedules, refit, retraining seeds; its config errors."""
-import json
 import re
-import random
 
 import pytest
 import torch
-import yaml
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
 from analogformer.cli import main
-from analogformer.config import from_dict, to_dict
-from analogformer.study.config import StudyConfig, load_study_config
+from analogformer.config import from_dict
+from analogformer.study.config import StudyConfig
 from study_fixtures import _config, _records, setup  # noqa: F401 (fixture)
 
 

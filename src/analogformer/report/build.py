@@ -21,91 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from ..tasks.registry import describe, find_task
-from .format import _base, _cell, _ordered, _tkey, time_label
-from .plots import _plot_pruning, _plot_time
+from .format import _cell, _ordered, _tkey, time_label
+from .plots import _plot_time
+from .pruning import pruning_section
+from .records import load_records, summarize
 from .render import _html, _md
 
 __all__ = ["load_records", "summarize", "time_label", "build_report"]
 
 DIGITAL = "digital"
 METRIC_NAMES = {"headline": "headline"}
-
-
-# ----------------------------------------------------------------------------- records
-def load_records(path) -> list[dict]:
-    """Valid records of a ``results.jsonl`` (or a ``results.json`` list); bad lines warn."""
-    path = Path(path)
-    hint = ("run `analogformer study CONFIG.yaml --out DIR` first (it writes "
-            "DIR/results.jsonl as records are produced)")
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist; {hint}")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if path.suffix == ".json":
-        raw = [(i + 1, json.dumps(r)) for i, r in enumerate(json.loads(text or "[]"))]
-    else:
-        raw = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
-    records = []
-    for lineno, line in raw:
-        try:
-            records.append(_validate(json.loads(line)))
-        except (json.JSONDecodeError, ValueError, TypeError) as err:
-            warnings.warn(f"{path}:{lineno}: skipped record ({err})", stacklevel=2)
-    if not records:
-        raise ValueError(f"{path} holds no valid records; {hint}")
-    return records
-
-
-def _validate(rec) -> dict:
-    if not isinstance(rec, dict):
-        raise ValueError("not a JSON object")
-    for key in ("task", "condition"):
-        if not isinstance(rec.get(key), str) or not rec[key]:
-            raise ValueError(f"{key!r} must be a non-empty string")
-    metrics = rec.get("metrics") or {}
-    if not isinstance(metrics, dict):
-        raise ValueError("'metrics' must be an object")
-    if rec.get("headline") is None and len(metrics) == 1:
-        rec["headline"] = next(iter(metrics.values()))
-    if not isinstance(rec.get("headline"), (int, float)):
-        raise ValueError("'headline' must be a number")
-    t = rec.get("t_seconds")
-    if t is not None and (not isinstance(t, (int, float)) or t < 0):
-        raise ValueError("'t_seconds' must be null or a number >= 0")
-    return {**rec, "metrics": metrics, "t_seconds": None if t is None else float(t),
-            "prune_ratio": rec.get("prune_ratio"), "stage": rec.get("stage")}
-
-
-def _stats(values) -> tuple[float, float, int]:
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
-    if len(v) == 0:
-        return math.nan, math.nan, 0
-    sem = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
-    return float(v.mean()), sem, len(v)
-
-
-def summarize(records) -> list[dict]:
-    """Mean, SEM and n of the headline and of each metric per (task, condition, t_seconds).
-
-    Pruning records are kept apart by their ``prune_ratio`` and ``stage``. Rows come in
-    order of first appearance of task and condition, then by time (time-independent first).
-    """
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in records:
-        groups[(r["task"], r["condition"], r.get("t_seconds"), r.get("prune_ratio"),
-                r.get("stage"))].append(r)
-    tasks, conds = _ordered(records, "task"), _ordered(records, "condition")
-    rows = []
-    for key in sorted(groups, key=lambda k: (tasks.index(k[0]), conds.index(k[1]),
-                                              _tkey(k[2]), _tkey(k[3]), str(k[4]))):
-        recs = groups[key]
-        mean, sem, n = _stats(r["headline"] for r in recs)
-        names = _ordered([{"m": m} for r in recs for m in r["metrics"]], "m")
-        metrics = {m: dict(zip(("mean", "sem", "n"), _stats(r["metrics"].get(m) for r in recs)))
-                   for m in names}
-        rows.append(dict(task=key[0], condition=key[1], t_seconds=key[2], time=time_label(key[2]),
-                         prune_ratio=key[3], stage=key[4], n=n, mean=mean, sem=sem,
-                         metrics=metrics))
-    return rows
 
 
 def task_name(task: str) -> str:
@@ -265,43 +190,18 @@ def _drop_table(st: _Study, glue: dict):
     return header + ([f"{group} avg"] if group else []), rows
 
 
-def _prune_table(rows):
-    """Rows (method, prune ratio) × columns dense / after pruning / after retraining / Δ."""
-    dense = next((r for r in rows if r["stage"] == "dense"), None)
-    others = [r for r in rows if r["stage"] != "dense"]
-    stages = sorted(_ordered(others, "stage"), key=lambda s: (_STAGE_ORDER.get(s, len(_STAGE_ORDER)), str(s)))
-    keys = _ordered([dict(k=(_base(r), r["prune_ratio"])) for r in others], "k")
-    methods = _ordered([{"c": k[0]} for k in keys], "c")
-    cells = {(_base(r), r["prune_ratio"], r["stage"]): r for r in others}
-    d_cell = _cell(100 * dense["mean"], 100 * dense["sem"], dense["n"]) if dense else ""
-    delta = dense is not None and "retrained" in stages
-    header = (["method", "prune ratio", "dense"] + [_STAGE_NAMES.get(s, str(s or "—")) for s in stages]
-              + (["retrained − dense"] if delta else []))
-    body = []
-    for c, x in sorted(keys, key=lambda k: (k[1], methods.index(k[0]))):
-        row = [c.removeprefix("prune-"), f"{x:g}", d_cell] + [
-            _cell(100 * cells[(c, x, s)]["mean"], 100 * cells[(c, x, s)]["sem"], cells[(c, x, s)]["n"])
-            if (c, x, s) in cells else "" for s in stages]
-        if delta:
-            r = cells.get((c, x, "retrained"))
-            row.append(_cell(100 * (r["mean"] - dense["mean"]), 100 * math.hypot(r["sem"], dense["sem"]),
-                             max(r["n"], dense["n"]), True) if r else "")
-        body.append(row)
-    if not body and dense:
-        body.append([_base(dense), "0", d_cell])
-    return header, body
-
-
-_STAGE_NAMES = {"pruned": "after pruning", "reconstructed": "after LS refit", "retrained": "after retraining"}
-_STAGE_ORDER = {"pruned": 0, "reconstructed": 1, "retrained": 2}
-
-
 def _metric_label(task, metric) -> str:
     return f"{task_name(task)} {metric_name(task, metric)} (%)"
 
 
 def _sections(d: Path, st: _Study, records, skipped, title) -> list[tuple]:
-    B = [("h", 1, title), ("p", _overview(st, records, skipped))]
+    return ([("h", 1, title), ("p", _overview(st, records, skipped))] + _time_sections(d, st, records)
+            + pruning_section(d, st, task_name, _metric_label) + _extras(d))
+
+
+def _time_sections(d: Path, st: _Study, records) -> list[tuple]:
+    """The metric-over-time tables, the benchmark average, the drop table, all metrics, plots."""
+    B = []
     group = average_group(st.tasks)
     glue = st.glue() if group else {}
     if st.tasks:
@@ -340,6 +240,10 @@ def _sections(d: Path, st: _Study, records, skipped, title) -> list[tuple]:
                        _cell(100 * r["metrics"][m]["mean"], 100 * r["metrics"][m]["sem"],
                              r["metrics"][m]["n"]) if m in r["metrics"] else "" for m in names]
                     for r in rows_t])]
+    return B + _time_plots(d, st, group, glue)
+
+
+def _time_plots(d: Path, st: _Study, group, glue) -> list[tuple]:
     plots = []
     for task in [k for k in st.tasks if any(t is not None for (k2, _, t) in st.cell if k2 == k)]:
         f = f"metric_vs_time_{_safe(task)}.png"
@@ -353,43 +257,7 @@ def _sections(d: Path, st: _Study, records, skipped, title) -> list[tuple]:
                    f"{group} average ({', '.join(map(task_name, st.tasks)) if len(st.tasks) < 5 else f'{len(st.tasks)} tasks'})"
                    " vs time since programming", f"{group} average score (%)")
         plots.append((f"{group} average vs time", f))
-    if plots:
-        B += [("h", 2, "Plots")] + [("img", a, f) for a, f in plots]
-    if st.prune_rows:
-        emas = {r["ema_decay"] for r in st.records if r.get("ema_decay") is not None}
-        B += [("h", 2, "Pruning"),
-              ("p", "Digital headline metric (points) of each pruning method and ratio: the dense model, "
-                    "right after pruning, and after retraining with the masks held. Methods are "
-                    "<criterion>-<structure> (mac = seed 000 MAC contribution, obs = structured "
-                    "Optimal Brain Surgeon (rows the others can least replace by least squares), "
-                    "magnitude / l1 / l2 = weight norms, random = the chance baseline; -ls = "
-                    "least-squares refit after pruning); the pruned models on tiles are the "
-                    "`pruned` conditions of the time tables above."
-                    + (" -prog = pruned in rounds (`pruning.progressive`): each ratio starts from the "
-                       "previous ratio's retrained model (first seed) and keeps the units removed there, "
-                       "so \"after pruning\" is measured from that model, not from the dense one."
-                       if any("-prog:" in r["condition"] for r in st.prune_rows) else "")
-                    + (" Method `none` is the control: the dense model retrained with the same recipe."
-                       if any(r["condition"] == "prune-none:retrained" for r in st.prune_rows) else "")
-                    + (" After retraining is the mean ± SEM over the retraining seeds "
-                       "(`pruning.retrain_seeds`: the same pruned state retrained with different seeds; "
-                       "here ± is not over device instances); the model on tiles is the first seed's."
-                       if any(r["stage"] == "retrained" and r["n"] > 1 for r in st.prune_rows) else "")
-                    + (" After retraining is the retrained state with the best dev score among the "
-                       "evaluations during retraining (`keep_best`), i.e. selected on the split it is "
-                       "reported on." if any(r.get("best_step") is not None for r in st.records) else "")
-                    + (" The retrained weights are an exponential moving average over the retraining "
-                       f"steps (`ema_decay` {', '.join(sorted({f'{v:g}' for v in emas}))}), starting from "
-                       "the state the retraining started from." if emas else ""))]
-        for task in _ordered(st.prune_rows, "task"):
-            rows_t = [r for r in st.prune_rows if r["task"] == task]
-            f = f"pruning_{_safe(task)}.png"
-            base = st.cell.get((task, DIGITAL, None))
-            _plot_pruning(d / f, rows_t, base, f"{_metric_label(task, st.metric[task])[:-4]} vs prune ratio",
-                          _metric_label(task, st.metric[task]))
-            B += [("h", 3, task_name(task)), ("table", *_prune_table(rows_t)),
-                  ("img", f"{task_name(task)} pruning", f)]
-    return B + _extras(d)
+    return [("h", 2, "Plots")] + [("img", a, f) for a, f in plots] if plots else []
 
 
 def _extras(d: Path) -> list[tuple]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -166,11 +165,11 @@ def run_time_sweep(models: Dict[str, nn.Module], task: str, conditions: Sequence
         written.append(rec)
 
     digital = [c for c in conditions if not c.analog and not log.has((task, c.name, None, 0))]
-    analog = [c for c in conditions if c.analog]
     groups: Dict[Tuple, List[Condition]] = {}
-    for c in analog:
-        groups.setdefault((c.model, c.gamma, c.attention_bits), []).append(c)
-    todo = len(digital) + sum(1 for c in analog for t in cfg.times_for(c.name)
+    for c in conditions:
+        if c.analog:
+            groups.setdefault((c.model, c.gamma, c.attention_bits), []).append(c)
+    todo = len(digital) + sum(1 for c in conditions if c.analog for t in cfg.times_for(c.name)
                               for r in range(cfg.repeats) if not log.has((task, c.name, t, r)))
     bar = tqdm(total=todo, desc=f"{task} sweep", disable=not progress or todo == 0, leave=False)
     for c in digital:
@@ -183,38 +182,53 @@ def run_time_sweep(models: Dict[str, nn.Module], task: str, conditions: Sequence
                    for c in conds if t in cfg.times_for(c.name) and not log.has((task, c.name, t, r))]
         if not pending:
             continue
-        acfg = copy.deepcopy(analog_cfg)
-        acfg.pcm.gamma = gamma
-        model = analogize(copy.deepcopy(models[model_name]), acfg).eval()
-        fixed = (input_ranges or {}).get(model_name)
-        # calibration forwards run the unprogrammed analog model, whose output noise comes
-        # from the global RNG: seed it per group (and restore it after), so that a resumed
-        # sweep in a fresh process calibrates exactly as the first run did
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_seed(cfg.seed, 7919, int(gamma * 1000), attn_bits or 0,
-                                    sum(map(ord, model_name))))
-            if fixed:
-                set_input_ranges(model, fixed)
-            elif calib_batches:
-                calibrate_input_ranges(model, calib_batches, percentile=cfg.calibration_percentile)
-            if prepare is not None:
-                prepare(model, conds[0])
+        model = _analog_model(models[model_name], model_name, gamma, attn_bits, conds[0], analog_cfg, cfg,
+                              calib_batches, prepare, (input_ranges or {}).get(model_name))
         for r in sorted({p[0] for p in pending}):
-            with torch.no_grad():
-                program(model, seed=_seed(cfg.seed, r))
-            for ti, t in enumerate(cfg.times_seconds):
-                todo_c = [c for c in conds
-                          if t in cfg.times_for(c.name) and not log.has((task, c.name, t, r))]
-                if not todo_c:
-                    continue
-                with torch.no_grad():
-                    drift(model, t, read_seed=_seed(cfg.seed, r, ti))
-                for c in todo_c:
-                    set_compensation(model, c.compensation)
-                    reseed_noise(model, _seed(cfg.seed, r, ti, sum(map(ord, c.name))))
-                    emit(c, t, r, evaluate(model))
-                    bar.update(1)
-                    bar.set_postfix(cond=c.name, t=f"{t:g}s", rep=r)
+            _sweep_repeat(model, task, conds, r, cfg, log, evaluate, emit, bar)
         del model
     bar.close()
     return written
+
+
+def _analog_model(digital: nn.Module, model_name: str, gamma: float, attn_bits: Optional[int],
+                  first: Condition, analog_cfg: AnalogConfig, cfg: SweepConfig, calib_batches,
+                  prepare, fixed: Optional[Dict[str, float]]) -> nn.Module:
+    """An analogized copy of `digital` for one condition group, its DAC ranges set (`fixed`)
+    or calibrated, and `prepare`d (e.g. INT-N attention)."""
+    acfg = copy.deepcopy(analog_cfg)
+    acfg.pcm.gamma = gamma
+    model = analogize(copy.deepcopy(digital), acfg).eval()
+    # calibration forwards run the unprogrammed analog model, whose output noise comes
+    # from the global RNG: seed it per group (and restore it after), so that a resumed
+    # sweep in a fresh process calibrates exactly as the first run did
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(cfg.seed, 7919, int(gamma * 1000), attn_bits or 0,
+                                sum(map(ord, model_name))))
+        if fixed:
+            set_input_ranges(model, fixed)
+        elif calib_batches:
+            calibrate_input_ranges(model, calib_batches, percentile=cfg.calibration_percentile)
+        if prepare is not None:
+            prepare(model, first)
+    return model
+
+
+def _sweep_repeat(model: nn.Module, task: str, conds: Sequence[Condition], r: int, cfg: SweepConfig,
+                  log: RecordLog, evaluate: Evaluator, emit, bar) -> None:
+    """One device instance: program once, drift to every time point, evaluate the group's
+    conditions still missing there on the same conductance read."""
+    with torch.no_grad():
+        program(model, seed=_seed(cfg.seed, r))
+    for ti, t in enumerate(cfg.times_seconds):
+        todo_c = [c for c in conds if t in cfg.times_for(c.name) and not log.has((task, c.name, t, r))]
+        if not todo_c:
+            continue
+        with torch.no_grad():
+            drift(model, t, read_seed=_seed(cfg.seed, r, ti))
+        for c in todo_c:
+            set_compensation(model, c.compensation)
+            reseed_noise(model, _seed(cfg.seed, r, ti, sum(map(ord, c.name))))
+            emit(c, t, r, evaluate(model))
+            bar.update(1)
+            bar.set_postfix(cond=c.name, t=f"{t:g}s", rep=r)

@@ -180,8 +180,9 @@ def find_task(name: str) -> TaskRef:
                          f"registered tasks: {task_names()}")
     key = name.strip().lower()
     if key not in _ALIASES:
-        close = difflib.get_close_matches(key, list(_ALIASES), n=3, cutoff=0.6)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        close = difflib.get_close_matches(key, list(_ALIASES), n=5, cutoff=0.6)
+        names = list(dict.fromkeys(_ALIASES[c][0] for c in close))[:3]  # aliases -> their task
+        hint = f"; did you mean {' or '.join(repr(c) for c in names)}?" if names else ""
         raise ValueError(f"unknown task {name!r}{hint} Registered tasks: {task_names()} "
                          "(aliases such as 'sst-2' and 'mnli-m' work too)")
     task_name, variant = _ALIASES[key]
