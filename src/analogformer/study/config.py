@@ -27,11 +27,9 @@ from .sweep import CONDITIONS, SweepConfig
 class DataConfig:
     """Where each task's data comes from, and how much of it. `glue_dir` (a folder in the
     standard GLUE layout) is read by the GLUE tasks when set; `glue_dir: null` loads HF
-    `datasets` ("glue", task) from the hub. `task_dirs` gives other registered tasks their
-    local folder by task name (each task's documentation says what it reads there)."""
+    `datasets` ("glue", task) from the hub."""
 
     glue_dir: Optional[str] = "../shared/data/glue"
-    task_dirs: Dict[str, str] = field(default_factory=dict)
     max_train_examples: Optional[int] = None
     max_eval_examples: Optional[int] = None
     max_length: int = 128

@@ -1,10 +1,11 @@
 """The pipeline a study YAML describes.
 
-Per task: load data (tokenized once) → fine-tune digitally (or reuse the checkpoint) →
-optionally HWA fine-tune (both in `study_finetune`, best of `best_of` seeds) and prune +
-retrain (`study_pruning`; checkpoints reused) → evaluate every
-condition over time with repeats (records appended as produced) → report. Re-running the
-same command on the same output folder continues where it stopped.
+Per task (a registered task, `tasks.registry`): load its model and data (encoded once,
+`study.data.TaskData`) → fine-tune digitally (or reuse the checkpoint) → optionally HWA
+fine-tune (both in `finetune_step`, best of `best_of` seeds) and prune + retrain
+(`prune_step`; checkpoints reused) → evaluate every condition over time with repeats
+(`sweep`; records appended as produced, `records`) → report. Re-running the same command
+on the same output folder continues where it stopped.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
+import transformers
+import yaml
 from torch import nn
 
 from ..config import to_dict
@@ -39,8 +42,6 @@ logger = get_logger(__name__)
 
 def check_output_dir(out: Path, cfg: StudyConfig) -> None:
     """Write config.yaml, or refuse to mix results of a different config into `out`."""
-    import yaml
-
     out.mkdir(parents=True, exist_ok=True)
     text = dump_study_config(cfg)
     path = out / "config.yaml"
@@ -65,7 +66,6 @@ def _attention_prepare(cfg: StudyConfig, calib: List[dict]):
 
 
 def environment() -> dict:
-    import transformers
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "platform": platform.platform(),
             "cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}
