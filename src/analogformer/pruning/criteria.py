@@ -17,33 +17,18 @@ from torch import nn
 from .allocate import keep_obs_aligned, keep_scores_aligned
 from .mac import LayerStats, MacStats
 from .masks import PruningMasks
-from .obs import GreedyRows, greedy_row_order, remove_globally
+from .obs import GreedyRows, remove_globally
 from .prune_config import PruneConfig
+from .scores import block_sum, criterion, expand_blocks, gram_of
 from ..nn.targets import FFNGroup, analog_matrices, ffn_groups, find_targets, linear_weight
-
-
-def _block_sum(t: torch.Tensor, block_shape: Tuple[int, int]) -> torch.Tensor:
-    """Sum of t (out, in) over blocks of (rows=inputs, cols=outputs) -> (n_out_b, n_in_b)."""
-    br, bc = block_shape
-    out, inp = t.shape
-    no, ni = math.ceil(out / bc), math.ceil(inp / br)
-    padded = t.new_zeros(no * bc, ni * br)
-    padded[:out, :inp] = t
-    return padded.reshape(no, bc, ni, br).sum(dim=(1, 3))
-
-
-def _expand_blocks(keep: torch.Tensor, block_shape: Tuple[int, int],
-                   shape: Tuple[int, int]) -> torch.Tensor:
-    br, bc = block_shape
-    full = keep.repeat_interleave(bc, 0).repeat_interleave(br, 1)
-    return full[: shape[0], : shape[1]]
 
 
 def unit_scores(weight: torch.Tensor, cfg: PruneConfig,
                 stats: Optional[LayerStats] = None,
                 generator: Optional[torch.Generator] = None,
                 ratio: Optional[float] = None, has_bias: bool = True) -> torch.Tensor:
-    """Importance of each unit of `weight` (out, in) for cfg.criterion / cfg.structure.
+    """Importance of each unit of `weight` (out, in) for cfg.criterion / cfg.structure
+    (the criterion's registered scoring function, `pruning.scores`).
 
     Shapes: rows -> (in,), columns -> (out,), irregular -> (out, in),
     blocks -> (ceil(out/cols), ceil(in/rows)) for block_shape = (rows, cols).
@@ -51,59 +36,20 @@ def unit_scores(weight: torch.Tensor, cfg: PruneConfig,
     its scores rank the round(`ratio`·in) rows it removes (default `cfg.ratio`) lowest, in
     removal order; `has_bias` says whether the matrix's bias is refit with the rows.
     """
-    w = weight.detach().double()
-    crit, struct = cfg.criterion, cfg.structure
     if cfg.needs_calibration and stats is None:
-        raise ValueError(f"criterion {crit!r} needs calibration statistics: pass "
+        raise ValueError(f"criterion {cfg.criterion!r} needs calibration statistics: pass "
                          "stats=calibrate(model, batches, cfg)")
-    if crit == "obs":
-        count = int(round((cfg.ratio if ratio is None else ratio) * w.shape[1]))
-        return greedy_row_order(w, _gram(stats), min(count, w.shape[1] - 1),
-                                cfg.reconstruct_damping, has_bias)
-    if crit == "mac":
-        return (stats.row_score if struct == "rows" else stats.col_score).double()
-    if crit == "random":
-        shape = {"rows": w.shape[1:], "columns": w.shape[:1], "irregular": w.shape}.get(struct)
-        if shape is None:
-            shape = _block_sum(w, cfg.block_shape).shape
-        gen = generator or torch.Generator().manual_seed(cfg.seed)
-        return torch.rand(tuple(shape), generator=gen, dtype=torch.float64)
-    if crit == "magnitude" and struct == "irregular":
-        return w.abs()
-    if crit in ("l1", "magnitude"):
-        a = w.abs()
-    elif crit == "l2":
-        a = w * w
-    else:  # activation-aware: |W_ij| * ||x_j||_2
-        a = w.abs() * stats.input_norm.double().unsqueeze(0)
-    if struct == "rows":
-        s = a.sum(0)
-    elif struct == "columns":
-        s = a.sum(1)
-    elif struct == "blocks":
-        s = _block_sum(a, cfg.block_shape)
-    else:
-        s = a
-    return s.sqrt() if crit == "l2" else s
+    return criterion(cfg.criterion).score(weight.detach().double(), cfg, stats, generator=generator,
+                                          ratio=ratio, has_bias=has_bias)
 
 
-def _obs_greedy(weight: torch.Tensor, cfg: PruneConfig, stats: Optional[MacStats], name: str,
-                has_bias: bool) -> GreedyRows:
-    """Criterion "obs", scope "global": the greedy removal state of one matrix, its errors
-    scaled to the mean relative squared output error per calibration frame (comparable
-    across matrices: every frame's error is relative to its own output, see `mac`)."""
+def _greedy_rows(weight: torch.Tensor, cfg: PruneConfig, stats: Optional[MacStats], name: str,
+                 has_bias: bool) -> GreedyRows:
+    """A greedy criterion ("obs") with scope "global": the greedy removal state of one matrix,
+    its errors scaled to the mean relative squared output error per calibration frame
+    (comparable across matrices: every frame's error is relative to its own output, see `mac`)."""
     st = stats[name] if stats is not None and name in stats else None
-    return GreedyRows(weight, _gram(st, name), cfg.reconstruct_damping, has_bias, scale=1.0 / max(st.frames, 1))
-
-
-def _gram(st: Optional[LayerStats], name: Optional[str] = None) -> torch.Tensor:
-    """The calibration Gram matrix criterion "obs" needs, or an error naming the fix."""
-    if st is None or st.gram is None:
-        of = f" of {name!r}" if name else ""
-        raise ValueError(f"criterion 'obs' needs the calibration Gram matrix{of}: pass "
-                         "stats=calibrate(model, batches, cfg) with cfg.criterion 'obs' "
-                         "(or calibrate(..., gram=True))")
-    return st.gram
+    return GreedyRows(weight, gram_of(st, name), cfg.reconstruct_damping, has_bias, scale=1.0 / max(st.frames, 1))
 
 
 def _keep_from_scores(scores: Sequence[torch.Tensor], ratio: float,
@@ -167,7 +113,7 @@ def removed_units(mask: torch.Tensor, cfg: PruneConfig) -> torch.Tensor:
     if cfg.structure == "columns":
         return ~mask.any(1)
     if cfg.structure == "blocks":
-        return _block_sum(mask.double(), cfg.block_shape) == 0
+        return block_sum(mask.double(), cfg.block_shape) == 0
     return ~mask
 
 
@@ -200,15 +146,15 @@ def masks_from_weights(weights: Dict[str, torch.Tensor], blocks: Dict[str, str],
     bm: Dict[str, torch.Tensor] = {}
     by_block: Dict[str, List[Tuple[Tuple[str, ...], torch.Tensor]]] = {}
     gen = torch.Generator().manual_seed(cfg.seed)  # "random": one stream over the matrices in order
-    obs_global = cfg.criterion == "obs" and cfg.scope == "global"
+    greedy_global = criterion(cfg.criterion).greedy and cfg.scope == "global"
     greedy: Dict[str, List[GreedyRows]] = {}
     for lead, members in joint.items():
-        if obs_global:  # scored below, once the block's matrices have shared out its rows
+        if greedy_global:  # scored below, once the block's matrices have shared out its rows
             w = weights[lead]
             if previous is not None and lead in previous.weight:  # removed rows are zero: first
                 w = w * previous.weight[lead]
             greedy.setdefault(blocks[lead], []).append(
-                _obs_greedy(w, cfg, stats, lead, has_bias.get(lead, True)))
+                _greedy_rows(w, cfg, stats, lead, has_bias.get(lead, True)))
             s = None
         else:
             s = sum(unit_scores(weights[n], cfg, stats[n] if stats is not None and n in stats
@@ -218,7 +164,7 @@ def masks_from_weights(weights: Dict[str, torch.Tensor], blocks: Dict[str, str],
                 s = s.masked_fill(removed_units(previous.weight[lead], cfg), -math.inf)
         by_block.setdefault(blocks[lead], []).append((members, s))
     for block, units in by_block.items():
-        if obs_global:  # the block's cheapest removals over all its matrices
+        if greedy_global:  # the block's cheapest removals over all its matrices
             states = greedy[block]
             total = int(round(cfg.ratio_for(block) * sum(g.n for g in states)))
             if cfg.tile_multiple:
@@ -246,7 +192,7 @@ def masks_from_weights(weights: Dict[str, torch.Tensor], blocks: Dict[str, str],
                     if has_bias.get(n) and any(n in g.fc1 for g in groups) and cfg.coupled_ffn:
                         bm[n] = keep.clone()
                 elif cfg.structure == "blocks":
-                    m = _expand_blocks(keep, cfg.block_shape, shp).clone()
+                    m = expand_blocks(keep, cfg.block_shape, shp).clone()
                 else:
                     m = keep.clone()
                 wm[n] = m

@@ -177,11 +177,12 @@ def calibrate(model: nn.Module, batches: Iterable,
     a PruneConfig = its target blocks, or a list of module names. `keep_delta` names the
     matrices whose full Δ is kept (memory out × in each). `gram` also accumulates each
     matrix's frame-weighted input Gram matrix (memory (in + 1)² × 8 B each; the "obs"
-    criterion's statistics); None = when `modules` is a PruneConfig with criterion "obs".
+    criterion's statistics); None = when `modules` is a PruneConfig whose criterion needs it
+    (`PruneConfig.needs_gram`).
     Computation in `dtype`.
     """
     if gram is None:
-        gram = isinstance(modules, PruneConfig) and modules.criterion == "obs"
+        gram = isinstance(modules, PruneConfig) and modules.needs_gram
     targets = _resolve(model, modules)
     keep = set(keep_delta)
     unknown = keep - set(targets)

@@ -204,7 +204,6 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
     when ``cfg.augment_prob > 0``. The augmentation draws from its own generator seeded with
     ``cfg.seed``.
     """
-    distill, hidden = cfg.distill_weight > 0, cfg.distill_hidden_weight > 0
     augment = cfg.augment_prob > 0
     for name in FinetuneConfig.TEACHER_FIELDS:
         if getattr(cfg, name) > 0 and teacher is None:
@@ -219,96 +218,131 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
     if cfg.needs_teacher:
         teacher.eval()
     torch.manual_seed(cfg.seed)
-    total = total_steps(cfg, train_loader)
-    warmup = int(cfg.warmup_ratio * total)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_warmup_decay(total, warmup))
-    device = _device_of(model)
-    history = FinetuneHistory()
-    best: dict = {}
-    aug_gen = torch.Generator().manual_seed(cfg.seed) if augment else None
-    special = list(special_ids) if augment else []
-    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay is not None else None
+    loop = _Loop(model, train_loader, cfg, after_step, extra_loss, teacher, score, special_ids, higher_is_better)
+    return loop.run(progress)
 
-    def teacher_terms(out, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+
+class _Loop:
+    """The state of one `finetune` run: optimizer and schedule, the teacher terms, the dev
+    evaluations and the best state, the weight average. `run` trains; `step` is one
+    optimizer step."""
+
+    def __init__(self, model, train_loader, cfg: FinetuneConfig, after_step, extra_loss, teacher, score,
+                 special_ids, higher_is_better: bool):
+        self.model, self.loader, self.cfg = model, train_loader, cfg
+        self.after_step, self.extra_loss, self.teacher, self.score = after_step, extra_loss, teacher, score
+        self.higher_is_better = higher_is_better
+        self.distill, self.hidden = cfg.distill_weight > 0, cfg.distill_hidden_weight > 0
+        self.augment = cfg.augment_prob > 0
+        self.total = total_steps(cfg, train_loader)
+        warmup = int(cfg.warmup_ratio * self.total)
+        self.optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           _linear_warmup_decay(self.total, warmup))
+        self.device = _device_of(model)
+        self.history = FinetuneHistory()
+        self.best: dict = {}
+        self.aug_gen = torch.Generator().manual_seed(cfg.seed) if self.augment else None
+        self.special = list(special_ids) if self.augment else []
+        self.ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay is not None else None
+
+    def teacher_terms(self, out, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logit KD, layer-wise term or None) of the student's output `out` against the
         teacher on the same batch (labels are not the teacher's business)."""
+        cfg = self.cfg
         with torch.no_grad():
-            tgt = teacher(**unlabelled(batch), output_hidden_states=hidden)
+            tgt = self.teacher(**unlabelled(batch), output_hidden_states=self.hidden)
         soft = distillation_loss(out.logits, tgt.logits, cfg.distill_temperature)
-        if not hidden:
+        if not self.hidden:
             return soft, None
         return soft, cfg.distill_hidden_weight * hidden_distillation_loss(
             out.hidden_states, tgt.hidden_states, batch.get("attention_mask"))
 
-    def dev_eval() -> None:
+    def dev_eval(self) -> None:
+        model, history, best = self.model, self.history, self.best
         # with weight averaging the averaged weights are the candidate: scored and kept
-        with ema.swapped() if ema is not None else contextlib.nullcontext():
+        with self.ema.swapped() if self.ema is not None else contextlib.nullcontext():
             rng = torch.get_rng_state()
-            value = score(model)
+            value = self.score(model)
             torch.set_rng_state(rng)
             model.train()
             if value is None:
                 return
             history.evals.append((history.steps, float(value)))
-            if cfg.keep_best and ("score" not in best or (value > best["score"] if higher_is_better
-                                                          else value < best["score"])):
+            if self.cfg.keep_best and ("score" not in best or (
+                    value > best["score"] if self.higher_is_better else value < best["score"])):
                 best.update(score=value, step=history.steps,
                             state={k: v.detach().clone() for k, v in model.state_dict().items()})
 
-    model.train()
-    if cfg.eval_every is not None:
-        dev_eval()
-    bar = tqdm(total=total, desc="fine-tune", disable=not progress, leave=False)
-    while history.steps < total:
-        for batch in train_loader:
-            batch = _to(batch, device)
-            output = model(**batch, output_hidden_states=True) if hidden else model(**batch)
-            loss = output.loss
-            if distill or hidden:
-                soft, layers = teacher_terms(output, batch)
-                if distill:
-                    loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * soft
-                if hidden:
-                    loss = loss + layers
-            if extra_loss is not None:
-                loss = loss + extra_loss(model)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if augment:  # a second backward: the first graph is freed before this one is built
-                aug = dict(batch, input_ids=augment_tokens(batch["input_ids"].cpu(),
-                                                           _cpu(batch.get("attention_mask")),
-                                                           cfg.augment_prob, special, aug_gen).to(device))
-                out = model(**unlabelled(aug), output_hidden_states=hidden)
-                soft, layers = teacher_terms(out, aug)
-                aug_loss = cfg.augment_weight * (soft if layers is None else soft + layers)
-                aug_loss.backward()
-                loss = loss.detach() + aug_loss.detach()
-            if cfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            history.learning_rates.append(scheduler.get_last_lr()[0])
-            optimizer.step()
-            scheduler.step()
-            if after_step is not None:
-                after_step(model)
-            if ema is not None:
-                ema.update()
-            history.losses.append(float(loss.detach()))
-            bar.update(1)
-            bar.set_postfix(loss=f"{history.losses[-1]:.4f}")
-            if cfg.eval_every is not None and (history.steps % cfg.eval_every == 0
-                                               or history.steps >= total):
-                dev_eval()
-            if history.steps >= total:
-                break
-    bar.close()
-    if best:
-        model.load_state_dict(best["state"])
-        history.best_step = best["step"]
-    elif ema is not None:
-        ema.copy_to_model()
-    model.eval()
-    return history
+    def loss(self, batch: dict) -> torch.Tensor:
+        """The training loss of one batch: task loss, distillation terms, extra loss."""
+        cfg, model = self.cfg, self.model
+        output = model(**batch, output_hidden_states=True) if self.hidden else model(**batch)
+        loss = output.loss
+        if self.distill or self.hidden:
+            soft, layers = self.teacher_terms(output, batch)
+            if self.distill:
+                loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * soft
+            if self.hidden:
+                loss = loss + layers
+        if self.extra_loss is not None:
+            loss = loss + self.extra_loss(model)
+        return loss
+
+    def augmented_loss(self, batch: dict) -> torch.Tensor:
+        """The distillation terms on a token-replaced copy of the batch, backpropagated
+        (a second backward: the first graph is freed before this one is built)."""
+        cfg = self.cfg
+        aug = dict(batch, input_ids=augment_tokens(batch["input_ids"].cpu(), _cpu(batch.get("attention_mask")),
+                                                   cfg.augment_prob, self.special, self.aug_gen).to(self.device))
+        out = self.model(**unlabelled(aug), output_hidden_states=self.hidden)
+        soft, layers = self.teacher_terms(out, aug)
+        aug_loss = cfg.augment_weight * (soft if layers is None else soft + layers)
+        aug_loss.backward()
+        return aug_loss.detach()
+
+    def step(self, batch: dict) -> float:
+        """One optimizer step on `batch`; returns its loss."""
+        cfg, model = self.cfg, self.model
+        loss = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.augment:
+            loss = loss.detach() + self.augmented_loss(batch)
+        if cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        self.history.learning_rates.append(self.scheduler.get_last_lr()[0])
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.after_step is not None:
+            self.after_step(model)
+        if self.ema is not None:
+            self.ema.update()
+        return float(loss.detach())
+
+    def run(self, progress: bool) -> FinetuneHistory:
+        cfg, model, history, total = self.cfg, self.model, self.history, self.total
+        model.train()
+        if cfg.eval_every is not None:
+            self.dev_eval()
+        bar = tqdm(total=total, desc="fine-tune", disable=not progress, leave=False)
+        while history.steps < total:
+            for batch in self.loader:
+                history.losses.append(self.step(_to(batch, self.device)))
+                bar.update(1)
+                bar.set_postfix(loss=f"{history.losses[-1]:.4f}")
+                if cfg.eval_every is not None and (history.steps % cfg.eval_every == 0 or history.steps >= total):
+                    self.dev_eval()
+                if history.steps >= total:
+                    break
+        bar.close()
+        if self.best:
+            model.load_state_dict(self.best["state"])
+            history.best_step = self.best["step"]
+        elif self.ema is not None:
+            self.ema.copy_to_model()
+        model.eval()
+        return history
 
 
 def predict(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]]
