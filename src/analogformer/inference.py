@@ -1,8 +1,9 @@
 """Program / drift / compensate a whole analogized model; input-range calibration.
 
-Every random draw comes from per-layer `torch.Generator`s seeded from (seed, layer index),
-so `program(model, seed)` is reproducible, independent of other seeds, and the same
-layer gets the same draw whatever else the model contains.
+Every random draw comes from per-layer `torch.Generator`s seeded from (seed, layer name)
+(`seeding.derive_seed`), so `program(model, seed)` is reproducible, independent of other
+seeds, and the same layer gets the same draw whatever else the model contains (a layer left
+digital, or another one added, changes no other layer's devices).
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import torch
 from torch import nn
 
 from .nn.convert import analog_layers
+from .seeding import derive_seed
 
-_SEED_STRIDE = 1_000_003  # layer index stride inside one seed's stream of generators
+_POOL = "<output-noise pool>"  # the stream name of the model's shared output-noise pool
 
 
 def _require_analog(model: nn.Module, verb: str):
@@ -42,9 +44,10 @@ def _each_layer(fn, items) -> None:
             f.result()  # re-raises a layer's error here
 
 
-def layer_generator(seed: int, index: int) -> torch.Generator:
+def layer_generator(seed: int, name: str) -> torch.Generator:
+    """The generator of layer `name` (its module name) for device instance / read `seed`."""
     g = torch.Generator()
-    g.manual_seed((int(seed) * _SEED_STRIDE + index) % (2 ** 63))
+    g.manual_seed(derive_seed(int(seed), str(name)))
     return g
 
 
@@ -58,14 +61,15 @@ def program(model: nn.Module, seed: int = 0) -> nn.Module:
                   if l.config.adc.output_noise_std is not None and l.config.adc.noise_pool_size]
     pool = None
     if pool_sizes:  # one output-noise pool per model and device instance
-        pool = torch.randn(max(pool_sizes), generator=layer_generator(seed, len(layers)))
+        pool = torch.randn(max(pool_sizes), generator=layer_generator(seed, _POOL))
+
     def program_layer(item):
-        i, layer = item
+        name, layer = item
         # the pool first: the compensation reference read of `program` takes its output noise
         layer._noise_pool = pool if layer.config.adc.noise_pool_size else None
-        layer.program(layer_generator(seed, i))
+        layer.program(layer_generator(seed, name))
 
-    _each_layer(program_layer, [(i, layer) for i, (_, layer) in enumerate(layers)])
+    _each_layer(program_layer, layers)
     return model
 
 
@@ -90,10 +94,10 @@ def drift(model: nn.Module, t_seconds: float, read_seed: Optional[int] = None) -
 
 def reseed_noise(model: nn.Module, seed: int) -> nn.Module:
     """Re-seed the per-layer generators of a programmed model (read noise, output noise)
-    from (seed, layer index); the programmed conductances are untouched."""
-    for i, (_, layer) in enumerate(_require_analog(model, "reseed_noise")):
+    from (seed, layer name); the programmed conductances are untouched."""
+    for name, layer in _require_analog(model, "reseed_noise"):
         if layer.programmed:
-            layer.set_generator(layer_generator(seed, i))
+            layer.set_generator(layer_generator(seed, name))
     return model
 
 

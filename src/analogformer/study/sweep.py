@@ -4,9 +4,12 @@ For each analog condition group (same fine-tuned model, γ and attention precisi
 model is analogized once and its DAC ranges calibrated once; then for each repeat it is
 programmed once (a new device instance) and drifted to every time point; conditions that
 differ only by drift compensation are evaluated on the very same conductance read
-(`set_compensation`). Every read and the forwards after it are seeded from
-(sweep seed, repeat, time index, condition), so an interrupted sweep that resumes
-reproduces exactly the records it would have written.
+(`set_compensation`). Every draw is seeded from values, never positions
+(`seeding.derive_seed`): programming from (sweep seed, repeat), each read from (sweep seed,
+repeat, time in seconds), the forwards after it from (…, condition name), each layer from
+its name. An interrupted sweep that resumes reproduces exactly the records it would have
+written, and a study that grows (time points, repeats, conditions) or is split across
+folders gives the records of one fresh run of the larger config.
 
 Records go to a JSON-lines file as they are produced:
     {"task", "condition", "t_seconds", "repeat", "metrics", "headline"}
@@ -26,6 +29,7 @@ from tqdm.auto import tqdm
 from ..config import AnalogConfig, check_positive, fail
 from ..inference import calibrate_input_ranges, drift, program, reseed_noise, set_compensation
 from ..nn.convert import analog_layers, analogize
+from ..seeding import derive_seed
 from .records import RecordLog
 
 DEFAULT_TIMES = (1.0, 3600.0, 86400.0, 604800.0, 2592000.0)  # 1 s, 1 h, 1 d, 1 w, 1 month
@@ -125,14 +129,6 @@ def set_input_ranges(model: nn.Module, ranges: Dict[str, float]) -> None:
         layer.input_range.data.fill_(float(ranges[name]))
 
 
-def _seed(*parts: int) -> int:
-    """A stable derived seed for (sweep seed, repeat, time index, ...)."""
-    s = 0
-    for p in parts:
-        s = (s * 1_000_003 + int(p) + 1) % (2 ** 61 - 1)
-    return s
-
-
 Evaluator = Callable[[nn.Module], Dict[str, float]]
 
 
@@ -203,8 +199,7 @@ def _analog_model(digital: nn.Module, model_name: str, gamma: float, attn_bits: 
     # from the global RNG: seed it per group (and restore it after), so that a resumed
     # sweep in a fresh process calibrates exactly as the first run did
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_seed(cfg.seed, 7919, int(gamma * 1000), attn_bits or 0,
-                                sum(map(ord, model_name))))
+        torch.manual_seed(derive_seed(cfg.seed, "calibration", model_name, float(gamma), attn_bits))
         if fixed:
             set_input_ranges(model, fixed)
         elif calib_batches:
@@ -219,16 +214,16 @@ def _sweep_repeat(model: nn.Module, task: str, conds: Sequence[Condition], r: in
     """One device instance: program once, drift to every time point, evaluate the group's
     conditions still missing there on the same conductance read."""
     with torch.no_grad():
-        program(model, seed=_seed(cfg.seed, r))
-    for ti, t in enumerate(cfg.times_seconds):
+        program(model, seed=derive_seed(cfg.seed, "program", r))
+    for t in cfg.times_seconds:
         todo_c = [c for c in conds if t in cfg.times_for(c.name) and not log.has((task, c.name, t, r))]
         if not todo_c:
             continue
         with torch.no_grad():
-            drift(model, t, read_seed=_seed(cfg.seed, r, ti))
+            drift(model, t, read_seed=derive_seed(cfg.seed, "read", r, float(t)))
         for c in todo_c:
             set_compensation(model, c.compensation)
-            reseed_noise(model, _seed(cfg.seed, r, ti, sum(map(ord, c.name))))
+            reseed_noise(model, derive_seed(cfg.seed, "forward", r, float(t), c.name))
             emit(c, t, r, evaluate(model))
             bar.update(1)
             bar.set_postfix(cond=c.name, t=f"{t:g}s", rep=r)
