@@ -50,7 +50,7 @@ def _sign(task: str) -> int:
 def _headline_name(task, recs) -> str:
     """The metric key the headline equals in every record of a task, else "headline"."""
     common = None
-    for r in (r for r in recs if math.isfinite(r["headline"])):
+    for r in (r for r in recs if r["headline"] is not None and math.isfinite(r["headline"])):
         keys = {m for m, v in r["metrics"].items()
                 if isinstance(v, (int, float)) and math.isclose(v, r["headline"], abs_tol=1e-12)}
         common = keys if common is None else common & keys
@@ -72,7 +72,7 @@ class _Study:
         self.conditions = _ordered(time_rows, "condition") if time_rows else []
         self.times = sorted({r["t_seconds"] for r in time_rows}, key=_tkey)
         self.cell = {(r["task"], r["condition"], r["t_seconds"]):
-                     (100 * r["mean"], 100 * r["sem"], r["n"]) for r in time_rows}
+                     (100 * r["mean"], 100 * r["sem"], r["n"], r["undefined"]) for r in time_rows}
         styled = [c for c in _ordered(records, "condition") if c != DIGITAL]
         self.style = {c: (f"C{i % 10}", "osD^v<>ph*"[i % 10]) for i, c in enumerate(styled)}
         self.style[DIGITAL] = ("k", "o")
@@ -178,12 +178,12 @@ def _drop_table(st: _Study, glue: dict):
         row = [c, time_label(t)]
         for task in st.tasks:
             v, d = st.cell.get((task, c, t)), ref.get(task)
-            row.append(_cell(_sign(task) * (d[0] - v[0]), math.hypot(d[1], v[1]), min(d[2], v[2]), True)
+            row.append(_cell(_sign(task) * (d[0] - v[0]), math.hypot(d[1], v[1]), min(d[2], v[2]), signed=True)
                        if v and d else "n/a")
         if group:
             v = glue.get((c, t))
             d = digital_glue[0] if digital_glue else None
-            row.append(_cell(d[0] - v[0], math.hypot(d[1], v[1]), min(d[2], v[2]), True)
+            row.append(_cell(d[0] - v[0], math.hypot(d[1], v[1]), min(d[2], v[2]), signed=True)
                        if v and d else "n/a")
         rows.append(row)
     header = ["condition", "at"] + [task_name(t) for t in st.tasks]
@@ -238,7 +238,8 @@ def _time_sections(d: Path, st: _Study, records) -> list[tuple]:
                   ("table", ["condition", "time"] + [metric_name(task, m) for m in names],
                    [[r["condition"], _col(r["t_seconds"])] + [
                        _cell(100 * r["metrics"][m]["mean"], 100 * r["metrics"][m]["sem"],
-                             r["metrics"][m]["n"]) if m in r["metrics"] else "" for m in names]
+                             r["metrics"][m]["n"], r["metrics"][m]["undefined"]) if m in r["metrics"] else ""
+                       for m in names]
                     for r in rows_t])]
     return B + _time_plots(d, st, group, glue)
 
@@ -305,11 +306,11 @@ def _write_csv(path: Path, rows) -> None:
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["task", "condition", "t_seconds", "time", "prune_ratio", "stage", "n",
-                    "mean", "sem"] + [f"{m}_{s}" for m in names for s in ("mean", "sem", "n")])
+                    "mean", "sem", "undefined"] + [f"{m}_{s}" for m in names for s in ("mean", "sem", "n")])
         for r in rows:
             w.writerow([r["task"], r["condition"], "" if r["t_seconds"] is None else r["t_seconds"],
                         r["time"], "" if r["prune_ratio"] is None else r["prune_ratio"],
-                        r["stage"] or "", r["n"], repr(r["mean"]), repr(r["sem"])]
+                        r["stage"] or "", r["n"], repr(r["mean"]), repr(r["sem"]), r["undefined"]]
                        + [repr(r["metrics"][m][s]) if m in r["metrics"] else ""
                           for m in names for s in ("mean", "sem", "n")])
 

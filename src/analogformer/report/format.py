@@ -27,11 +27,14 @@ def time_label(t_seconds) -> str:
     return f"{fits[0][1]:.3g} {fits[0][0]}"
 
 
-def _cell(mean, sem, n, signed=False) -> str:
+def _cell(mean, sem, n, undefined=0, signed=False) -> str:
+    """"mean ± SEM" in points; `undefined` records (metric undefined, e.g. a correlation
+    of constant predictions) are named beside it, never silently left out of n."""
+    note = f" ({undefined} of {n + undefined} undefined)" if undefined else ""
     if n == 0 or not math.isfinite(mean):
-        return "n/a"
+        return "n/a" + note
     m = f"{mean:+.2f}" if signed else f"{mean:.2f}"
-    return m if n == 1 else f"{m} ± {sem:.2f}"
+    return (m if n == 1 else f"{m} ± {sem:.2f}") + note
 
 
 def _base(r) -> str:

@@ -23,9 +23,9 @@ def _plot_time(path, series, style, title, ylabel):
                     capsize=3, lw=1.6, label=condition_label(c))
     for c, pts in series.items():                 # time-independent points: baselines
         if None in pts:
-            mean, sem, n = pts[None]
+            mean, sem, n = pts[None][:3]
             colour = style[c][0]
-            ax.axhline(mean, color=colour, ls="--", lw=1.4, label=f"{condition_label(c)} ({_cell(mean, sem, n)})")
+            ax.axhline(mean, color=colour, ls="--", lw=1.4, label=f"{condition_label(c)} ({_cell(*pts[None])})")
             if n > 1 and sem > 0:
                 ax.axhspan(mean - sem, mean + sem, color=colour, alpha=0.12, lw=0)
     ax.set_xscale("log")

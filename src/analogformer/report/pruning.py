@@ -36,7 +36,7 @@ def _prune_table(rows):
         if delta:
             r = cells.get((c, x, "retrained"))
             row.append(_cell(100 * (r["mean"] - dense["mean"]), 100 * math.hypot(r["sem"], dense["sem"]),
-                             max(r["n"], dense["n"]), True) if r else "")
+                             max(r["n"], dense["n"]), signed=True) if r else "")
         body.append(row)
     if not body and dense:
         body.append([_base(dense), "0", d_cell])

@@ -12,6 +12,7 @@ import numpy as np
 
 from .format import _ordered, _tkey, time_label
 
+
 def load_records(path) -> list[dict]:
     """Valid records of a ``results.jsonl`` (or a ``results.json`` list); bad lines warn."""
     path = Path(path)
@@ -32,7 +33,19 @@ def load_records(path) -> list[dict]:
             warnings.warn(f"{path}:{lineno}: skipped record ({err})", stacklevel=2)
     if not records:
         raise ValueError(f"{path} holds no valid records; {hint}")
+    _refuse_duplicates(path, records)
     return records
+
+
+def _refuse_duplicates(path: Path, records) -> None:
+    """A key twice would count twice in n and shrink the SEM: name the records, build nothing."""
+    seen: dict = {}
+    for i, r in enumerate(records, 1):
+        k = (r["task"], r["condition"], r["t_seconds"], r.get("repeat", 0), r.get("prune_ratio"))
+        if k in seen:
+            raise ValueError(f"{path}: record {k} appears twice (records {seen[k]} and {i}): two runs "
+                             "wrote to this folder; keep one of the two lines, then build the report again")
+        seen[k] = i
 
 
 def _validate(rec) -> dict:
@@ -44,10 +57,10 @@ def _validate(rec) -> dict:
     metrics = rec.get("metrics") or {}
     if not isinstance(metrics, dict):
         raise ValueError("'metrics' must be an object")
-    if rec.get("headline") is None and len(metrics) == 1:
+    if "headline" not in rec and len(metrics) == 1:
         rec["headline"] = next(iter(metrics.values()))
-    if not isinstance(rec.get("headline"), (int, float)):
-        raise ValueError("'headline' must be a number")
+    if rec.get("headline") is not None and not isinstance(rec.get("headline"), (int, float)):
+        raise ValueError("'headline' must be a number, or null where the metric is undefined")
     t = rec.get("t_seconds")
     if t is not None and (not isinstance(t, (int, float)) or t < 0):
         raise ValueError("'t_seconds' must be null or a number >= 0")
@@ -55,12 +68,16 @@ def _validate(rec) -> dict:
             "prune_ratio": rec.get("prune_ratio"), "stage": rec.get("stage")}
 
 
-def _stats(values) -> tuple[float, float, int]:
+def _stats(values) -> tuple[float, float, int, int]:
+    """(mean, SEM, n, undefined) over the defined values; `undefined` counts the null / NaN
+    ones (a metric undefined for that record), which the tables then name beside the cell."""
+    values = list(values)
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    undefined = len(values) - len(v)
     if len(v) == 0:
-        return math.nan, math.nan, 0
+        return math.nan, math.nan, 0, undefined
     sem = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
-    return float(v.mean()), sem, len(v)
+    return float(v.mean()), sem, len(v), undefined
 
 
 def summarize(records) -> list[dict]:
@@ -78,11 +95,11 @@ def summarize(records) -> list[dict]:
     for key in sorted(groups, key=lambda k: (tasks.index(k[0]), conds.index(k[1]),
                                               _tkey(k[2]), _tkey(k[3]), str(k[4]))):
         recs = groups[key]
-        mean, sem, n = _stats(r["headline"] for r in recs)
+        mean, sem, n, undefined = _stats(r["headline"] for r in recs)
         names = _ordered([{"m": m} for r in recs for m in r["metrics"]], "m")
-        metrics = {m: dict(zip(("mean", "sem", "n"), _stats(r["metrics"].get(m) for r in recs)))
+        metrics = {m: dict(zip(("mean", "sem", "n", "undefined"), _stats(r["metrics"].get(m) for r in recs)))
                    for m in names}
         rows.append(dict(task=key[0], condition=key[1], t_seconds=key[2], time=time_label(key[2]),
-                         prune_ratio=key[3], stage=key[4], n=n, mean=mean, sem=sem,
+                         prune_ratio=key[3], stage=key[4], n=n, mean=mean, sem=sem, undefined=undefined,
                          metrics=metrics))
     return rows

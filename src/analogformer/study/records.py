@@ -1,9 +1,16 @@
 """The record log of a study: one JSON line per evaluated (task, condition, time, repeat,
 prune ratio), appended and fsynced as it is produced, so a killed run loses at most the
-record in flight and a re-run skips what is there."""
+record in flight and a re-run skips what is there.
+
+A key is written once: the log refuses a record whose key it holds, and a file holding one
+key twice (two runs on one folder with an older version) is an error naming the lines —
+a duplicate would inflate n and shrink the standard error. A metric that is undefined
+(a correlation of constant predictions) is stored as null, never as NaN; an infinite value
+is refused."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -39,17 +46,45 @@ class RecordLog:
                     else:
                         raise ValueError(f"{self.path}:{i}: corrupt record in the middle of the file; "
                                          "fix or remove that line") from None
-        self.done = {record_key(r) for r in self.records}
+        self.done = set()
+        first = {}
+        for i, r in enumerate(self.records):
+            k = record_key(r)
+            if k in first:
+                raise ValueError(f"{self.path}: record {k} is there twice (records {first[k] + 1} and {i + 1}); "
+                                 "two runs wrote to this folder. Its statistics would count it twice: keep "
+                                 "one of the two lines (they are seeded alike), or delete the folder to start over")
+            first[k] = i
+            self.done.add(k)
 
     def has(self, key: Tuple) -> bool:
         """`key` as record_key; a 4-tuple (no prune ratio) means prune_ratio None."""
         return (tuple(key) + (None,) * (5 - len(key))) in self.done
 
     def write(self, record: dict) -> None:
+        """Append `record`; refuses a key the log holds and infinite values."""
+        key = record_key(record)
+        if key in self.done:
+            raise ValueError(f"{self.path}: record {key} is already written; a record is computed once "
+                             "(is another process running this study?)")
+        record = {**record, "metrics": {m: _finite_or_null(m, v) for m, v in record["metrics"].items()},
+                  "headline": _finite_or_null("headline", record["headline"])}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.records.append(record)
-        self.done.add(record_key(record))
+        self.done.add(key)
+
+
+def _finite_or_null(name: str, value):
+    """A metric value for the log: finite, or None where it is undefined (NaN)."""
+    if value is None or not isinstance(value, float):
+        return value
+    if math.isnan(value):
+        return None
+    if math.isinf(value):
+        raise ValueError(f"metric {name!r} is {value}: an evaluation produced an infinite value; "
+                         "nothing was recorded")
+    return value
