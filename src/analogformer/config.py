@@ -57,28 +57,45 @@ def check_choice(obj, name: str, choices) -> None:
 class PCMConfig:
     """PCM device model of SPEC §2 (aihwkit's `PCMLikeNoiseModel` constants).
 
-    `gamma` scales programming and read noise (1.0 = today's devices, 0.5 = improved).
-    The three switches turn one physical effect off each, for ablations and exact tests.
+    The switches `prog_noise`, `drift`, `drift_spread` and `read_noise` turn one physical
+    effect off each, for ablations and exact tests.
     """
 
     g_max_us: float = 25.0
-    prog_coeffs_us: Tuple[float, float, float] = (0.26348, 1.9650, -1.1731)  # for g_max = 25 µS
+    """Largest conductance of one device, in µS; a weight of max |W| maps to it."""
+    prog_coeffs_us: Tuple[float, float, float] = (0.26348, 1.9650, -1.1731)
+    """(c0, c1, c2) of the programming noise σ_prog = γ·max(c0 + c1·g/g_max + c2·(g/g_max)², 0),
+    in µS for g_max = 25 µS (scaled by g_max/25 otherwise)."""
     t0_seconds: float = 20.0
+    """Drift reference time t0: g(t) = g_prog·((t + t0)/t0)^(−ν)."""
     t_read_seconds: float = 250e-9
+    """Duration of one read, t_read in the 1/f read-noise formula."""
     gamma: float = 1.0
+    """Scales programming and read noise: 1.0 = today's devices, 0.5 = improved ones (drift
+    unchanged); 0 switches both off."""
     prog_noise: bool = True
+    """Programming noise on; False programs every device exactly to its target."""
     drift: bool = True
-    drift_spread: bool = True  # sample ν with σ_ν; False uses ν = μ_ν (deterministic drift)
+    """Conductance drift on; False keeps the programmed conductances at every time."""
+    drift_spread: bool = True
+    """Sample each device's drift exponent ν with spread σ_ν; False uses ν = μ_ν
+    (deterministic drift)."""
     read_noise: bool = True
-    # drift exponent: μ_ν = clamp(a·ln g_rel + b, lo, hi), σ_ν likewise
+    """1/f read noise on (a fresh draw at every `drift`)."""
     nu_mean_coeffs: Tuple[float, float] = (-0.0155, 0.0244)
+    """(a, b) of the mean drift exponent μ_ν = clamp(a·ln g_rel + b, lo, hi), g_rel = g_T/g_max."""
     nu_mean_clamp: Tuple[float, float] = (0.049, 0.1)
+    """(lo, hi) clamp of μ_ν."""
     nu_std_coeffs: Tuple[float, float] = (-0.0125, -0.0059)
+    """(a, b) of the drift-exponent spread σ_ν = clamp(a·ln g_rel + b, lo, hi)."""
     nu_std_clamp: Tuple[float, float] = (0.008, 0.045)
-    # 1/f read noise: Q_s = min(a / max(g/g_max, floor)^p, cap)
+    """(lo, hi) clamp of σ_ν."""
     read_noise_coeff: float = 0.0088
+    """a of the 1/f read-noise factor Q_s = min(a / max(g/g_max, 1e-3)^p, cap)."""
     read_noise_exponent: float = 0.65
+    """p of Q_s."""
     read_noise_cap: float = 0.2
+    """cap of Q_s."""
 
     def __post_init__(self):
         for n in ("g_max_us", "t0_seconds", "t_read_seconds"):
@@ -100,18 +117,17 @@ class PCMConfig:
 
 @dataclass
 class TileConfig:
-    """Crossbar geometry and how a weight matrix is cut into tiles.
-
-    `split_policy`: "balanced" cuts a dimension into the fewest tiles of near-equal size
-    (aihwkit's way); "fill_first" fills whole tiles first (512, 512, rest), the
-    "512-first" policy of seed 000. `weight_scale`: one conductance scale per "tile" or
-    per "column" of each tile.
-    """
+    """Crossbar geometry and how a weight matrix is cut into tiles."""
 
     rows: int = 512
+    """Crossbar rows of one tile (= inputs of the matrix piece it holds)."""
     cols: int = 512
+    """Crossbar columns of one tile (= outputs)."""
     split_policy: str = "balanced"
+    """"balanced" cuts a dimension into the fewest tiles of near-equal size (aihwkit's way);
+    "fill_first" fills whole tiles first (512, 512, rest), the "512-first" policy of seed 000."""
     weight_scale: str = "tile"
+    """One conductance scale (max |W| ↦ g_max) per "tile" or per "column" of each tile."""
 
     def __post_init__(self):
         check_positive(self, "rows", integer=True)
@@ -123,19 +139,19 @@ class TileConfig:
 
 @dataclass
 class DACConfig:
-    """Input DAC: `bits` symmetric levels over a per-layer range [-r, r].
-
-    `input_scaling`: "static" uses the layer's range r (SPEC §3: set from data, learned in
-    HWA training, frozen for inference); "absmax" scales every input vector (token) by its
-    own max |x| in the digital periphery before the DAC and back after the ADC — aihwkit's
-    "noise management", the usual choice for models not trained with HWA ranges.
-    r starts at `init_range` and is normally set from data (`calibrate_input_ranges`).
-    `bits=None` switches the DAC off entirely (no clipping, no quantization, no scaling).
-    """
+    """Input DAC: `bits` symmetric levels over a per-layer range [-r, r]."""
 
     bits: Optional[int] = 8
+    """Resolution of the input DAC; None switches the DAC off entirely (no clipping, no
+    quantization, no scaling)."""
     init_range: float = 3.0
+    """Initial range r of every layer; normally replaced by a range set from data
+    (`calibrate_input_ranges`, the study's `sweep.calibration_percentile`)."""
     input_scaling: str = "static"
+    """"static" uses the layer's range r (SPEC §3: set from data, learned in HWA training,
+    frozen for inference); "absmax" scales every input vector (token) by its own max |x| in
+    the digital periphery before the DAC and back after the ADC — aihwkit's "noise
+    management", the usual choice for models not trained with HWA ranges."""
 
     def __post_init__(self):
         check_positive(self, "bits", allow_none=True, integer=True)
@@ -145,21 +161,20 @@ class DACConfig:
 
 @dataclass
 class ADCConfig:
-    """Output ADC over [-bound, bound] in units of (input 1 on one row × weight 1).
-
-    `bits=None` switches ADC quantization and saturation off.
-    `output_noise_std`: Gaussian read-out noise per tile output in the same units.
-    `noise_pool_size`: in programmed inference, output noise is read from a pool of this
-    many i.i.d. N(0, 1) samples drawn at `program` time (one pool per model), at a random
-    offset per call: all values within one call are distinct draws, and the pool spares
-    the CPU a `randn` that costs ~30 % of a 512×512 matmul. `None` draws fresh noise on
-    every call (training always does).
-    """
+    """Output ADC over [-bound, bound] in units of (input 1 on one row × weight 1)."""
 
     bits: Optional[int] = 10
+    """Resolution of the output ADC; None switches ADC quantization and saturation off."""
     bound: float = 10.0
+    """Saturation of the ADC, ±bound (10 "fully on" rows reach it)."""
     output_noise_std: Optional[float] = 0.04
+    """Gaussian read-out noise per tile output, in the same units; None = off."""
     noise_pool_size: Optional[int] = 2 ** 23
+    """In programmed inference, output noise is read from a pool of this many i.i.d. N(0, 1)
+    samples drawn at `program` time (one pool per model), at a random offset per call: all
+    values within one call are distinct draws, and the pool spares the CPU a `randn` that
+    costs ~30 % of a 512×512 matmul. None draws fresh noise on every call (training always
+    does)."""
 
     def __post_init__(self):
         check_positive(self, "bits", allow_none=True, integer=True)
@@ -170,10 +185,13 @@ class ADCConfig:
 
 @dataclass
 class CompensationConfig:
-    """Global drift compensation (seed 001 §2.2.1): one factor per "tile" or "column"."""
+    """Global drift compensation (seed 001 §2.2.1)."""
 
     enabled: bool = True
+    """Multiply each output by reference / current mean |output| of a one-hot read (the
+    reference is read right after programming)."""
     granularity: str = "tile"
+    """One compensation factor per "tile" or per "column"."""
 
     def __post_init__(self):
         check_choice(self, "granularity", {"tile", "column"})
@@ -186,12 +204,21 @@ class AnalogConfig:
     """Everything `analogize` needs: device, tiles, periphery, compensation, targets."""
 
     pcm: PCMConfig = field(default_factory=PCMConfig)
+    """The PCM device model (noise, drift)."""
     tile: TileConfig = field(default_factory=TileConfig)
+    """Tile geometry and how matrices are cut into tiles."""
     dac: DACConfig = field(default_factory=DACConfig)
+    """The input DAC."""
     adc: ADCConfig = field(default_factory=ADCConfig)
+    """The output ADC and the read-out noise."""
     compensation: CompensationConfig = field(default_factory=CompensationConfig)
-    include: Tuple[str, ...] = ()  # regexes on module names; empty = every Linear/Conv1D
+    """Global drift compensation."""
+    include: Tuple[str, ...] = ()
+    """Regexes on fully-qualified module names that become analog; empty = every nn.Linear /
+    HF Conv1D not excluded."""
     exclude: Tuple[str, ...] = DEFAULT_EXCLUDE
+    """Regexes on module names that stay digital; the default keeps output heads, poolers and
+    embedding projections digital (`nn.targets.DEFAULT_EXCLUDE`)."""
 
     def __post_init__(self):
         for name, cls in (("pcm", PCMConfig), ("tile", TileConfig), ("dac", DACConfig),

@@ -1,17 +1,15 @@
 """Placing analog matrices on 512×512 tiles: tiles per matrix / block, chips, freed tiles.
 
-A matrix W (out × in) sits on the crossbar with rows = inputs (`in`) and columns =
-outputs (`out`). Each dimension is cut with `tile.split_sizes` ("balanced" = aihwkit,
-"fill_first" = seed 000's 512-first), a *piece* is one (row-part × column-part) and, by
-default, one piece occupies one tile. Seed 000 (ch. 2 §5) maps ALBERT-base with rows
-balanced, columns 512-first, Q/K/V fused into one 768×2304 in-projection and the
-out-projection in 256-column half tiles (`MappingConfig.seed000_albert()`): 10 + 6 + 12 +
-12 = 40 pieces, which with `pack_shared=True` (pieces narrower than a tile share it side
-by side, used in separate MVMs; first-fit-decreasing on widths) fill 33 of ARES's 34
-tiles — "only two half tiles free". Table 3.1's freed tiles count pieces (no sharing).
-
-Shared modules (ALBERT's one layer used 12 times) are counted once. Only nn.Linear and
-HF Conv1D are analog; heads, poolers and embedding projections are excluded by default.
+A matrix W (out × in) sits on the crossbar with rows = inputs (`in`) and columns = outputs
+(`out`). Each dimension is cut with `tile.split_sizes` ("balanced" = aihwkit, "fill_first" =
+seed 000's 512-first), a *piece* is one (row-part × column-part) and, by default, one piece
+occupies one tile. Seed 000 (ch. 2 §5) maps ALBERT-base with rows balanced, columns 512-first,
+Q/K/V fused into one 768×2304 in-projection and the out-projection in 256-column half tiles
+(`MappingConfig.seed000_albert()`): 10 + 6 + 12 + 12 = 40 pieces, which with `pack_shared=True`
+(pieces narrower than a tile share it side by side, used in separate MVMs; first-fit-decreasing
+on widths) fill 33 of ARES's 34 tiles — "only two half tiles free". Table 3.1's freed tiles
+count pieces (no sharing). Shared modules (ALBERT's one layer used 12 times) are counted once.
+Only nn.Linear and HF Conv1D are analog; heads, poolers and embedding projections are excluded.
 """
 from __future__ import annotations
 
@@ -73,16 +71,27 @@ class BlockPlan:
 
 @dataclass
 class MappingConfig:
+    """How the analog matrices of a model are placed on tiles, and on which chip."""
     tile_rows: int = 512
+    """Crossbar rows of a tile (matrix inputs)."""
     tile_cols: int = 512
+    """Crossbar columns of a tile (matrix outputs)."""
     row_policy: str = "balanced"
+    """How the inputs are cut: "balanced" (aihwkit) or "fill_first" (512-first)."""
     col_policy: str = "balanced"
+    """How the outputs are cut: "balanced" or "fill_first"."""
     block_plans: Dict[str, BlockPlan] = field(default_factory=dict)
+    """Per-block overrides (largest piece, policies), e.g. {"out_proj": BlockPlan(max_cols=256)}."""
     fuse_qkv: bool = False
+    """Q, K and V of a layer as one fused in-projection matrix (same inputs)."""
     pack_shared: bool = False
+    """Pieces narrower than a tile share it side by side (first-fit-decreasing on widths)."""
     chip: ChipPreset = ARES
+    """The chip the tiles are counted against (ARES: 34 tiles of 512×512)."""
     exclude: Tuple[str, ...] = DEFAULT_EXCLUDE
-    live_only: bool = False  # count only rows / columns with a non-zero weight (masked models)
+    """Regexes on module names that stay digital (heads, poolers, embedding projections)."""
+    live_only: bool = False
+    """Count only rows / columns with a non-zero weight (masked models; needs real weights)."""
 
     def __post_init__(self):
         for n in ("tile_rows", "tile_cols"):

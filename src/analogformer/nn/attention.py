@@ -53,20 +53,18 @@ OPERANDS = ("query", "key", "probs", "value")
 
 @dataclass
 class AttentionQuantConfig:
-    """INT-N quantization of the attention matmuls (SPEC §4.3).
-
-    bits: integer bits of both operands of Q·Kᵀ and P·V (>= 2); None = off.
-    scale_mode: "calibrated" (frozen buffer) or "learned" (nn.Parameter, LSQ gradient,
-        initialised from calibration).
-    calibration: "max" (running max |x| over batches) or "percentile" (mean over batches
-        of the `percentile`-th percentile of |x|).
-    percentile: in (0, 100], used only when calibration == "percentile".
-    """
+    """INT-N quantization of the attention matmuls (SPEC §4.3)."""
 
     bits: Optional[int] = 8
+    """Integer bits of both operands of Q·Kᵀ and P·V (>= 2, e.g. 10, 8, 6); None = off."""
     scale_mode: str = "learned"
+    """"calibrated" (a frozen buffer) or "learned" (an nn.Parameter with the LSQ gradient,
+    initialised from calibration)."""
     calibration: str = "max"
+    """"max" (running max |x| over the calibration batches) or "percentile" (mean over the
+    batches of the `percentile`-th percentile of |x|)."""
     percentile: float = 99.99
+    """In (0, 100]; used only when `calibration` is "percentile"."""
 
     def __post_init__(self):
         name = type(self).__name__

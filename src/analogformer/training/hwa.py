@@ -52,48 +52,42 @@ def _is_number(v) -> bool:
 
 @dataclass
 class HWAConfig:
-    """Hardware-aware training knobs. `None` switches a feature off.
-
-    weight_noise: "gaussian" | "pcm" | None.
-      * "gaussian": w_n + scale·N(0, 1) on the normalized weight w_n = W / w_max, i.e.
-        `weight_noise_scale` is the std relative to each tile's (or column's) max |W|.
-      * "pcm": programming-noise-like: G± = max(±w_n, 0)·g_max each get
-        scale·σ_prog(G±)·N(0, 1) (SPEC §2 curve, with the layer's PCMConfig incl. γ), the
-        noise on w_n is their difference / g_max, so `weight_noise_scale` multiplies the
-        physical programming noise. A zero-target device gets σ_prog(0) = c0 too.
-    clip: "fixed" (|W| ≤ clip_value, absolute weight units) | "sigma" (|W| ≤
-      clip_sigma·std(W), std over the layer or over each output column, population std)
-      | None. Applied once by `prepare_hwa` and after every optimizer step.
-    learn_input_ranges: DAC ranges r get gradients (else frozen).
-    input_range_init: "data" (the `input_range_percentile` of |x| seen by each layer on
-      up to `input_range_batches` calibration batches; max |x| when the percentile is
-      None) | "config" (reset to each layer's `config.dac.init_range`) | None (keep).
-    input_range_lr: learning rate of the ranges in `param_groups` (no weight decay).
-    input_range_min: ranges are kept ≥ this after every step (a range at 0 divides by 0).
-    output_scales: add a learned digital scale per output column (after the ADC, before
-      the bias), a Parameter `hwa_output_scale` in the layer's state_dict.
-    output_noise_pool: the ADC output noise of training forwards is a window, at a fresh
-      random offset each forward, of one pool of this many N(0, 1) draws (drawn once by
-      `prepare_hwa` from torch's global RNG, shared by the layers) instead of fresh draws
-      — fresh draws are the largest single cost of an HWA step. Every window is i.i.d.
-      N(0, 1); windows of different forwards are shifted copies of the same pool.
-      None: fresh draws every forward. Outputs larger than the pool get fresh draws.
-    """
+    """Hardware-aware training knobs (SPEC §4.2). `None` switches a feature off."""
 
     weight_noise: Optional[str] = "pcm"
+    """"gaussian": w_n + scale·N(0, 1) on the weights normalized per tile / column (w_n = W/w_max);
+    "pcm": each device of the pair G± = max(±w_n, 0)·g_max gets scale·σ_prog(G±)·N(0, 1) (SPEC §2, γ too)."""
     weight_noise_scale: float = 1.0
+    """Std of "gaussian" noise relative to max |W|; multiplier of the physical noise for "pcm"."""
     clip: Optional[str] = "sigma"
+    """Weight clipping by `prepare_hwa` and after every optimizer step: "fixed" (|W| ≤ clip_value)
+    or "sigma" (|W| ≤ clip_sigma·std(W), population std per `clip_granularity`); None = off."""
     clip_value: Optional[float] = None
+    """Bound of clip "fixed", in weight units."""
     clip_sigma: Optional[float] = 2.5
+    """Bound of clip "sigma", in standard deviations of the weights."""
     clip_granularity: str = "layer"
+    """The std of clip "sigma" over the whole "layer" or over each output "column"."""
     learn_input_ranges: bool = True
+    """DAC ranges r get gradients (PACT-style, from clipped inputs); False freezes them."""
     input_range_init: Optional[str] = "data"
+    """"data": each layer's `input_range_percentile` of |x| on up to `input_range_batches`
+    calibration batches (max |x| when the percentile is None); "config": `dac.init_range`; None: keep."""
     input_range_percentile: Optional[float] = 99.99
+    """Percentile of |x| of "data" initialisation; None = max |x|."""
     input_range_batches: int = 10
+    """Calibration batches of "data" initialisation."""
     input_range_lr: float = 1e-2
+    """Learning rate of the ranges in `param_groups` (no weight decay)."""
     input_range_min: float = 1e-3
+    """Ranges are kept ≥ this after every step (a range at 0 divides by 0)."""
     output_scales: bool = False
+    """A learned digital scale per output column (after the ADC, before the bias), the Parameter
+    `hwa_output_scale`; `remove_hwa` folds it into the weights."""
     output_noise_pool: Optional[int] = 1 << 24
+    """Training forwards read the ADC output noise as a window, at a fresh random offset, of one pool of
+    this many N(0, 1) draws (drawn by `prepare_hwa`, shared by the layers; fresh draws are an HWA step's
+    largest cost). None: fresh draws every forward (also for outputs larger than the pool)."""
 
     def __post_init__(self):
         choices = {"weight_noise": ("gaussian", "pcm", None), "clip": ("fixed", "sigma", None),
