@@ -102,15 +102,14 @@ def _load_hf_config(name: str):
             return transformers.AutoConfig.from_pretrained(default_model_path())
         return getattr(transformers, cls)(**kw)
     p = Path(name)
-    if p.is_file():
-        return transformers.AutoConfig.from_pretrained(str(p.parent))
-    if p.is_dir():
-        return transformers.AutoConfig.from_pretrained(str(p))
+    source = str(p.parent) if p.is_file() else name
     try:
-        return transformers.AutoConfig.from_pretrained(name)
-    except Exception as e:  # hub unreachable or unknown name
-        raise ValueError(f"cannot load a model config {name!r}: {e}. Use a local folder with "
-                         f"config.json or a preset: {sorted(PRESET_CONFIGS)}") from None
+        return transformers.AutoConfig.from_pretrained(source)
+    except Exception as e:  # a broken config.json, an unknown name, the hub unreachable
+        where = f"{p}" if p.exists() else f"{name!r} (not a local path; the hub name did not load)"
+        first = (str(e).splitlines() or [""])[0][:300]
+        raise ValueError(f"cannot read a model config from {where}: {type(e).__name__}: {first}. Use a "
+                         f"folder with a valid config.json, or a preset: {sorted(PRESET_CONFIGS)}") from None
 
 
 def cmd_report(a) -> int:
@@ -165,47 +164,58 @@ def cmd_demo(a) -> int:
     return 0
 
 
+def _condition_names() -> List[str]:
+    from .study.sweep import CONDITIONS
+    return list(CONDITIONS)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     p = argparse.ArgumentParser(prog="analogformer", epilog=EPILOG,
                                 description="Transformers on simulated PCM analog in-memory-computing tiles.")
+    p.add_argument("--version", action="version", version=f"analogformer {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    s = sub.add_parser("study", help="run (or resume) a study from a YAML config",
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    s = sub.add_parser("study", help="run (or resume) a study from a YAML config", formatter_class=fmt,
                        description="Fine-tune, analogize and evaluate over time as CONFIG describes; "
                                    "re-running the same command continues an interrupted study.")
     s.add_argument("config", help="study YAML (see configs/)")
     s.add_argument("--out", help="output folder (default: the config's output_dir)")
-    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     _add_set(s)
     s.set_defaults(func=cmd_study)
 
-    e = sub.add_parser("evaluate", help="evaluate a saved fine-tuned model over time on PCM tiles")
+    e = sub.add_parser("evaluate", help="evaluate a saved fine-tuned model over time on PCM tiles",
+                       formatter_class=fmt)
     e.add_argument("checkpoint", help="folder of a model fine-tuned for the task (save_pretrained)")
     e.add_argument("--task", required=True, help="registered task, e.g. sst2, mrpc, rte")
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--config", help="study YAML for analog/sweep settings (optional)")
     e.add_argument("--glue-dir", help="local GLUE folder (default: the config's data.glue_dir)")
     e.add_argument("--conditions", default="digital,analog-nocomp,analog",
-                   help="comma-separated conditions (default: %(default)s)")
-    e.add_argument("--no-progress", action="store_true")
+                   help=f"comma-separated conditions, of: {', '.join(_condition_names())}")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     _add_set(e)
     e.set_defaults(func=cmd_evaluate)
 
-    pr = sub.add_parser("prune", help="prune a fine-tuned model, retrain with masks, compact, evaluate")
+    pr = sub.add_parser("prune", help="prune a fine-tuned model, retrain with masks, compact, evaluate",
+                        formatter_class=fmt)
     pr.add_argument("checkpoint", help="folder of a model fine-tuned for the task (save_pretrained)")
-    pr.add_argument("--task", required=True)
-    pr.add_argument("--out", required=True)
+    pr.add_argument("--task", required=True, help="registered task, e.g. sst2, mrpc, rte")
+    pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--config", help="study YAML whose `pruning:` section to use (optional)")
-    pr.add_argument("--glue-dir")
-    pr.add_argument("--no-progress", action="store_true")
+    pr.add_argument("--glue-dir", help="local GLUE folder (default: the config's data.glue_dir)")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     _add_set(pr)
     pr.set_defaults(func=cmd_prune)
 
-    m = sub.add_parser("map", help="tile mapping of any HF model config (no weights needed)")
+    m = sub.add_parser("map", help="tile mapping of any HF model config (no weights needed)", formatter_class=fmt)
     m.add_argument("model", help=f"preset ({', '.join(PRESET_CONFIGS)}), a folder with config.json, or a hub name")
-    m.add_argument("--tile-rows", type=int, default=512)
-    m.add_argument("--tile-cols", type=int, default=512)
-    m.add_argument("--policy", choices=["balanced", "fill_first"], default="balanced")
+    m.add_argument("--tile-rows", type=int, default=512, help="crossbar rows (inputs) per tile")
+    m.add_argument("--tile-cols", type=int, default=512, help="crossbar columns (outputs) per tile")
+    m.add_argument("--policy", choices=["balanced", "fill_first"], default="balanced",
+                   help="how a matrix larger than a tile is split: equal parts, or full tiles first")
     m.add_argument("--fuse-qkv", action="store_true", help="map Q/K/V as one in-projection matrix")
     m.add_argument("--out", help="folder for tiles.md / tiles.csv / tiles.png")
     m.set_defaults(func=cmd_map)
@@ -219,9 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="new folder for the merged study (report rebuilt there)")
     g.set_defaults(func=cmd_merge)
 
-    d = sub.add_parser("demo", help="analogize the bundled MiniLM and print how its embeddings drift over time")
+    d = sub.add_parser("demo", help="the bundled MiniLM on PCM tiles: its output error over time, "
+                                    "with and without drift compensation")
     d.set_defaults(func=cmd_demo)
     return p
+
+
+def _quiet_progress() -> None:
+    """--no-progress: no bars from analogformer (tqdm), transformers or the HF hub either."""
+    import transformers
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+        disable_progress_bars()
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        pass
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -233,9 +255,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .runtime import tune_allocator
     tune_allocator()  # big temporaries from a warm heap, not fresh mmaps (see runtime.py)
     try:
+        if getattr(a, "no_progress", False):
+            _quiet_progress()
         return a.func(a)
     except ValueError as e:
         print(f"analogformer {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file or folder that cannot be read or written
+        what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+        print(f"analogformer {a.command}: error: {what}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: re-run the same command to continue where it stopped", file=sys.stderr)

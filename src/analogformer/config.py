@@ -273,9 +273,17 @@ def _type_ok(value: Any, tp) -> bool:
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if origin in (tuple, list, typing.Tuple, typing.List):
-        return isinstance(value, (list, tuple))
+        if not isinstance(value, (list, tuple)):
+            return False
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis or origin in (list, typing.List):
+            return all(_type_ok(v, args[0]) for v in value) if args else True
+        return len(args) == len(value) and all(_type_ok(v, a) for v, a in zip(value, args)) if args else True
     if origin is dict:
-        return isinstance(value, dict)
+        key = (typing.get_args(tp) or (Any,))[0]
+        return isinstance(value, dict) and all(_type_ok(k, key) for k in value)
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, (tp, dict))
     if isinstance(tp, type):
         return isinstance(value, tp)
     return True
@@ -316,6 +324,8 @@ def from_dict(cls, data: dict, prefix: str = ""):
         return cls(**kwargs)
     except ValueError as e:
         raise ValueError(f"{prefix + ': ' if prefix else ''}{e}") from None
+    except (TypeError, KeyError, AttributeError, OverflowError) as e:  # a value of the right type but wrong shape
+        raise ValueError(f"{prefix or cls.__name__}: invalid values {kwargs!r} ({type(e).__name__}: {e})") from None
 
 
 def _dataclass_in(tp):

@@ -49,8 +49,8 @@ class GradualPruner:
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 0:
             raise ValueError(f"GradualPruner: total_steps must be an int >= 0, got {total_steps!r}")
         if cfg.admm_rho is not None:
-            raise ValueError("GradualPruner: ADMM (admm_rho) is its own gradual scheme; "
-                             "use stages: 1 with ADMM")
+            raise ValueError("GradualPruner: ADMM (admm_rho) is a schedule of its own "
+                             "(pruning.schedule: {kind: admm}), not a gradual one")
         self.cfg, self.stages, self.stats_fn = cfg, stages, stats_fn
         # stage k (0-based) starts after this many optimizer steps
         self.schedule: List[int] = [round(k * total_steps / stages) for k in range(stages)]

@@ -5,22 +5,12 @@ import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
+from .scores import CRITERION_REGISTRY, criterion as criterion_entry
 from ..nn.targets import BLOCKS
 
-CRITERIA = ("mac", "obs", "magnitude", "l1", "l2", "activation", "random")
+CRITERIA = tuple(CRITERION_REGISTRY)  # the registered criteria (`pruning.scores`)
 STRUCTURES = ("rows", "columns", "irregular", "blocks")
 SCOPES = ("layer", "global")
-
-# criterion -> structures it is defined for
-_ALLOWED = {
-    "mac": ("rows", "columns"),          # seed 000: row (input) contribution; columns by symmetry
-    "obs": ("rows",),                    # least-squares replaceability of a row (obs.py)
-    "magnitude": ("irregular", "rows", "columns", "blocks"),  # |w|; structured: sum of |w| (= l1)
-    "l1": ("rows", "columns", "blocks"),
-    "l2": ("rows", "columns", "blocks"),  # seed 003: row/column L2 norm, whole blocks
-    "activation": ("irregular", "rows", "columns", "blocks"),  # |W_ij| * ||x_j||_2
-    "random": ("irregular", "rows", "columns", "blocks"),  # control: uniform random scores
-}
 
 
 def _fail(name: str, msg: str) -> None:
@@ -36,73 +26,76 @@ def _check_ratio(name: str, v) -> float:
 
 @dataclass
 class PruneConfig:
-    """Pruning settings (SPEC §4.4–4.5).
-
-    criterion: "mac" (seed 000 MAC contribution, needs calibration statistics),
-        "obs" (structured Optimal Brain Surgeon: rows removed greedily by how badly the
-        other rows can make up for them by least squares on the calibration frames — the
-        criterion to pair with `reconstruct`; rows only; with scope "global" each matrix
-        loses as many rows as the cheapest removals over all matrices of the block allot it,
-        by the mean relative squared output error per calibration frame of each greedy step),
-        "magnitude" (|w|, irregular), "l1" / "l2" (norm of a row, column or block),
-        "activation" (|W_ij|·‖x_j‖₂ summed over the unit; needs calibration statistics),
-        "random" (uniform random scores drawn from `seed`: the control every criterion must beat).
-        For rows / columns / blocks "magnitude" is the sum of |w| over the unit (as "l1").
-    structure: "rows" = crossbar rows = inputs j (columns of the (out, in) weight),
-        "columns" = crossbar columns = outputs i, "irregular" = single weights,
-        "blocks" = rectangles of `block_shape` = (rows=inputs, cols=outputs).
-    ratio: fraction of units removed in every selected block; `block_ratios` overrides it
-        for the blocks it names (e.g. {"fc2": 512/3072} as seed 000).
-    blocks: which transformer blocks are pruned ("in_proj", "out_proj", "fc1", "fc2").
-    scope: "layer" removes `ratio` of each matrix's units; "global" ranks the units of all
-        selected matrices of a block together (seed 000 ranks across layers), so layers lose
-        different numbers of units; the block as a whole still loses `ratio`.
-    tile_multiple: with scope "global" and structure "rows" / "columns": every matrix keeps a
-        multiple of this many units (or all of them) — set it to the tiles' rows (512 on
-        ARES) so the removals free whole tiles; the matrices share out the block's removals
-        by the cheapest such combination (`pruning.allocate`; criterion "obs": the refit
-        error after each matrix's greedy removals, others: the sum of the removed scores).
-        The block removes the total of whole multiples nearest `ratio` (a warning says so
-        when that is not exactly `ratio`). None = units are shared out one by one.
-    coupled_ffn: removing FC2 input rows also removes the matching FC1 output columns and
-        bias entries (gate and up for LLaMA), and vice versa.
-    exclude: extra regexes on module names never pruned (heads are always excluded).
-    mac_eps: |y| below this is clamped to it in Δ = |w x / y|.
-    admm_rho: ADMM penalty weight; None = no ADMM (prune once, then retrain with masks).
-    reconstruct: after pruning, refit the kept rows and the bias of every row-pruned matrix
-        by least squares so its outputs match the dense model's on the calibration frames
-        (`pruning.reconstruct`, ThiNet-style); structures "rows" / "columns" only.
-    reconstruct_damping: ridge of that refit toward the masked weights, relative to the
-        mean input energy (larger = closer to plain masking).
-    admm_interval_steps: optimizer steps between ADMM projections (Z, U updates).
-    seed: seed of the "random" criterion.
-    """
+    """Pruning settings (SPEC §4.4–4.5): what to prune, by which criterion, in which
+    structure, how much."""
 
     criterion: str = "mac"
+    """How units are scored, one of the registered criteria (`pruning.scores`): "mac" (seed
+    000 MAC contribution; calibration statistics), "obs" (structured Optimal Brain Surgeon:
+    rows removed greedily by how badly the other rows can make up for them by least squares
+    on the calibration frames — the criterion to pair with `reconstruct`; rows only; with
+    scope "global" each matrix loses as many rows as the cheapest removals over all matrices
+    of the block allot it), "magnitude" (|w|; for rows / columns / blocks the sum of |w|, as
+    "l1"), "l1" / "l2" (norm of a row, column or block), "activation" (|W_ij|·‖x_j‖₂ summed
+    over the unit; calibration statistics), "random" (uniform random scores drawn from
+    `seed`: the control every criterion must beat)."""
     structure: str = "rows"
+    """The unit removed: "rows" = crossbar rows = inputs j (columns of the (out, in) weight),
+    "columns" = crossbar columns = outputs i, "irregular" = single weights, "blocks" =
+    rectangles of `block_shape`. Each criterion allows some of them."""
     ratio: float = 512 / 3072
+    """Fraction of units removed in every selected block, in [0, 1)."""
     block_ratios: Optional[Dict[str, float]] = None
+    """Per-block ratios overriding `ratio` for the blocks named (e.g. {"fc2": 512/3072} as
+    seed 000); every block named must be in `blocks`."""
     blocks: Tuple[str, ...] = ("fc2",)
+    """Which transformer blocks are pruned ("in_proj", "out_proj", "fc1", "fc2")."""
     scope: str = "layer"
+    """"layer" removes `ratio` of each matrix's units; "global" ranks the units of all
+    selected matrices of a block together (seed 000 ranks across layers), so layers lose
+    different numbers of units; the block as a whole still loses `ratio`."""
     tile_multiple: Optional[int] = None
+    """With scope "global" and structure "rows" / "columns": every matrix keeps a multiple of
+    this many units (or all of them) — set it to the tiles' rows (512 on ARES) so the
+    removals free whole tiles; the matrices share out the block's removals by the cheapest
+    such combination (`pruning.allocate`; criterion "obs": the refit error after each
+    matrix's greedy removals, others: the sum of the removed scores). The block removes the
+    total of whole multiples nearest `ratio` (a warning says so when that is not exactly
+    `ratio`). None = units are shared out one by one."""
     block_shape: Optional[Tuple[int, int]] = None
+    """(rows=inputs, cols=outputs) of a unit for structure "blocks", e.g. (512, 512)."""
     coupled_ffn: bool = True
+    """Removing FC2 input rows also removes the matching FC1 output columns and bias entries
+    (gate and up for LLaMA), and vice versa."""
     exclude: Tuple[str, ...] = ()
+    """Extra regexes on module names never pruned (heads are always excluded)."""
     mac_eps: float = 1e-6
+    """|y| below this is clamped to it in Δ = |w x / y| (criterion "mac")."""
     admm_rho: Optional[float] = None
+    """ADMM penalty weight of `ADMMPruner`; None = no ADMM. In a study YAML ADMM is the
+    schedule `pruning.schedule: {kind: admm, rho: ...}` (this key is deprecated there)."""
     admm_interval_steps: int = 10
+    """Optimizer steps between the ADMM projections (Z, U updates) of `ADMMPruner`; in a
+    study YAML `interval_steps` of the admm schedule."""
     reconstruct: bool = False
+    """After pruning, refit the kept rows and the bias of every row-pruned matrix by least
+    squares so its outputs match the dense model's on the calibration frames
+    (`pruning.reconstruct`, ThiNet-style); structures "rows" / "columns" only."""
     reconstruct_damping: float = 0.01
+    """Ridge of that refit toward the masked weights, relative to the mean input energy
+    (larger = closer to plain masking); also the damping of criterion "obs"."""
     seed: int = 0
+    """Seed of the "random" criterion."""
 
     def __post_init__(self):
-        if self.criterion not in CRITERIA:
-            _fail("criterion", f"must be one of {list(CRITERIA)}, got {self.criterion!r}")
+        if self.criterion not in CRITERION_REGISTRY:
+            _fail("criterion", f"must be one of {list(CRITERION_REGISTRY)}, got {self.criterion!r}")
         if self.structure not in STRUCTURES:
             _fail("structure", f"must be one of {list(STRUCTURES)}, got {self.structure!r}")
-        if self.structure not in _ALLOWED[self.criterion]:
+        allowed = criterion_entry(self.criterion).structures
+        if self.structure not in allowed:
             _fail("structure", f"criterion {self.criterion!r} supports structures "
-                               f"{list(_ALLOWED[self.criterion])}, got {self.structure!r}")
+                               f"{list(allowed)}, got {self.structure!r}")
         if self.scope not in SCOPES:
             _fail("scope", f"must be one of {list(SCOPES)}, got {self.scope!r}")
         if self.tile_multiple is not None:
@@ -170,10 +163,17 @@ class PruneConfig:
             _fail("seed", f"must be an int, got {self.seed!r}")
 
     def ratio_for(self, block: str) -> float:
+        """The ratio of `block` (`block_ratios` first, else `ratio`)."""
         if self.block_ratios and block in self.block_ratios:
             return self.block_ratios[block]
         return self.ratio
 
     @property
     def needs_calibration(self) -> bool:
-        return self.criterion in ("mac", "obs", "activation")
+        """Whether the criterion scores from calibration statistics (the registry says)."""
+        return criterion_entry(self.criterion).needs_calibration
+
+    @property
+    def needs_gram(self) -> bool:
+        """Whether `calibrate` must accumulate the input Gram matrices (criterion "obs")."""
+        return criterion_entry(self.criterion).needs_gram

@@ -16,7 +16,7 @@ import yaml
 
 from ..config import AnalogConfig, check_choice, check_positive, fail, from_dict, to_dict
 from ..nn.attention import AttentionQuantConfig
-from ..tasks.registry import find_task
+from ..tasks.registry import find_task, task_names
 from ..training.finetune import FinetuneConfig
 from ..training.hwa import HWAConfig
 from .prune_config import PruneStudyConfig
@@ -121,14 +121,26 @@ class StudyConfig:
 
         if isinstance(self.tasks, str) or not self.tasks:
             fail("StudyConfig", "tasks", "must be a non-empty list of registered task names, e.g. [sst2, mrpc]")
+        seen: Dict[Tuple[str, str], str] = {}  # (task, split) and (record key, "") -> the entry
         for t in self.tasks:
             try:
-                find_task(t)
+                ref = find_task(t)
             except ValueError as e:
                 fail("StudyConfig", "tasks", str(e))
+            for key, split in ref.eval_sets().items():
+                for what in ((ref.name, split), (key, "")):
+                    if what in seen:
+                        fail("StudyConfig", "tasks", f"{t!r} evaluates {key!r} ({ref.name} {split}), which "
+                                                     f"{seen[what]!r} evaluates already; name each task once")
+                    seen[what] = t
+        if isinstance(self.conditions, str) or not self.conditions:
+            fail("StudyConfig", "conditions", f"must be a non-empty list of conditions, of: {list(CONDITIONS)}")
         for c in self.conditions:
-            if c not in CONDITIONS:
+            if not isinstance(c, str) or c not in CONDITIONS:
                 fail("StudyConfig", "conditions", f"unknown condition {c!r}; allowed: {list(CONDITIONS)}")
+        dup = sorted({c for c in self.conditions if self.conditions.count(c) > 1})
+        if dup:
+            fail("StudyConfig", "conditions", f"lists {dup} more than once; name each condition once")
         models = {CONDITIONS[c].model for c in self.conditions}
         if "hwa" in models and self.hwa is None:
             fail("StudyConfig", "conditions", "an 'hwa*' condition needs an `hwa:` section")
@@ -171,6 +183,7 @@ class StudyConfig:
 # condition, time, repeat), so new tasks / conditions / time points / repeats / retraining
 # seeds are computed and everything already recorded stays valid.
 EXTENDABLE = ("tasks", "conditions", "sweep.times_seconds", "sweep.repeats", "pruning.retrain_seeds",
+              "pruning.schedule.round_seeds",
                "pruning.round_seeds")
 
 
@@ -204,7 +217,14 @@ def parse_override(text: str) -> Tuple[str, Any]:
     if "=" not in text:
         raise ValueError(f"--set {text!r}: expected KEY=VALUE, e.g. --set analog.adc.bits=8")
     key, _, raw = text.partition("=")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    if not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ValueError(f"--set {text!r}: the key must be a dotted path, e.g. --set sweep.repeats=5")
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"--set {text!r}: the value is not valid YAML ({problem}); quote lists and "
+                         "mappings whole, e.g. --set 'tasks=[sst2, mrpc]'") from None
 
 
 def apply_override(data: dict, key: str, value: Any) -> None:
@@ -237,6 +257,9 @@ def load_study_config(path: Optional[str] = None, overrides=()) -> StudyConfig:
     for item in overrides:
         key, value = parse_override(item) if isinstance(item, str) else item
         apply_override(data, key, value)
+    if path is not None and "tasks" not in data:
+        raise ValueError(f"{path} names no `tasks`; a study says what it runs, e.g. tasks: [sst2] "
+                         f"(registered: {task_names()}); the presets are in configs/")
     return from_dict(StudyConfig, data)
 
 

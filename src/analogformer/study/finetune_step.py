@@ -29,6 +29,7 @@ from ..logs import get_logger
 from ..nn.convert import analog_layers, analogize
 from ..training.finetune import FinetuneConfig, finetune, save_checkpoint
 from ..training.hwa import hwa_after_step, prepare_hwa, remove_hwa
+from .folder import checkpoint_saved, require_finite
 from .sweep import set_input_ranges
 
 _SELECT_SEED = 7_777_777  # program seeds of the ranking, apart from the sweep's
@@ -74,9 +75,9 @@ def _best_of(cfg, data, what: str, train: Callable[[int], Tuple[nn.Module, dict,
 
 def digital_model(cfg, data, base: nn.Module, tok, out: Path, progress: bool) -> nn.Module:
     path = out / "checkpoints" / data.name / "digital"
-    if (path / "model.safetensors").exists():
+    if checkpoint_saved(path):
         logger.info(f"{data.name}: reusing digital checkpoint {path}")
-        return data.task.load_trained(path)
+        return load_reused(data, path)
     fcfg = cfg.finetune_for(data.name)
     logger.info(f"{data.name}: digital fine-tuning ({len(data.train)} examples, {fcfg.epochs} epoch(s), "
          f"lr {fcfg.learning_rate:g}" + (f", best of {cfg.best_of} seeds" if cfg.best_of > 1 else "") + ")")
@@ -99,9 +100,14 @@ def hwa_model(cfg, data, base: nn.Module, digital: nn.Module, tok, out: Path, pr
     """HWA fine-tune; returns (plain HF model with the trained weights, input ranges)."""
     path = out / "checkpoints" / data.name / "hwa"
     ranges_path = path / "input_ranges.json"
-    if (path / "model.safetensors").exists() and ranges_path.exists():
+    if checkpoint_saved(path) and ranges_path.exists():
         logger.info(f"{data.name}: reusing HWA checkpoint {path}")
-        return data.task.load_trained(path), json.loads(ranges_path.read_text())
+        try:
+            ranges = json.loads(ranges_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{ranges_path} is not valid JSON ({e}); delete the folder {path} to re-make "
+                             "the HWA model") from None
+        return load_reused(data, path), ranges
     h = cfg.hwa
     fcfg = cfg.finetune_for(data.name, h.finetune)
     logger.info(f"{data.name}: HWA fine-tuning ({fcfg.epochs} epoch(s), lr {fcfg.learning_rate:g}, "
@@ -132,6 +138,17 @@ def hwa_model(cfg, data, base: nn.Module, digital: nn.Module, tok, out: Path, pr
     _, extra = _best_of(cfg, data, "HWA", train, path, tok)
     ranges_path.write_text(json.dumps(extra["ranges"], indent=1))
     return data.task.load_trained(path), extra["ranges"]
+
+
+def load_reused(data, path: Path) -> nn.Module:
+    """A checkpoint the study saved earlier, readable and finite, or an error naming the
+    folder to delete so the step re-makes it."""
+    fix = f"delete the folder {path} and run the study again to re-make it"
+    try:
+        model = data.task.load_trained(path)
+    except Exception as e:  # a truncated / corrupt file fails in safetensors, json or torch
+        raise ValueError(f"the checkpoint {path} cannot be read ({type(e).__name__}: {e}); {fix}") from None
+    return require_finite(model, f"the checkpoint {path}", fix)
 
 
 def _ranges(model: nn.Module) -> Dict[str, float]:

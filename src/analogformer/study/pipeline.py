@@ -19,7 +19,6 @@ from typing import Dict, List, Optional
 
 import torch
 import transformers
-import yaml
 from torch import nn
 
 from ..config import to_dict
@@ -30,9 +29,10 @@ from ..nn.attention import AttentionQuantConfig, calibrate_attention, quantize_a
 from ..report import build_report
 from ..report.figures import plot_tile_layout
 from ..tasks.registry import default_model_path, find_task
-from .config import EXTENDABLE, StudyConfig, config_changes, dump_study_config
+from .config import StudyConfig
 from .data import TaskData
 from .finetune_step import digital_model, hwa_model
+from .folder import StudyFolder, require_finite
 from .prune_step import pruned_model_key, pruned_models, ratio_tag
 from .records import RecordLog
 from .sweep import CONDITIONS, Condition, run_time_sweep
@@ -42,16 +42,8 @@ logger = get_logger(__name__)
 
 def check_output_dir(out: Path, cfg: StudyConfig) -> None:
     """Write config.yaml, or refuse to mix results of a different config into `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    text = dump_study_config(cfg)
-    path = out / "config.yaml"
-    if path.exists() and path.read_text() != text:
-        changes = config_changes(yaml.safe_load(path.read_text()) or {}, yaml.safe_load(text))
-        if changes:
-            raise ValueError(f"{out} holds a study run with a different config (changed: "
-                             f"{changes[:5]}); choose another --out folder, or delete the folder "
-                             f"to start over (a study may only add to {', '.join(EXTENDABLE)})")
-    path.write_text(text)
+    with StudyFolder(out) as folder:
+        folder.write_config(cfg)
 
 
 def _attention_prepare(cfg: StudyConfig, calib: List[dict]):
@@ -96,18 +88,25 @@ def study_conditions(cfg: StudyConfig) -> List[Condition]:
 
 
 def run_study(cfg: StudyConfig, out_dir: Optional[str] = None, progress: bool = True) -> Path:
-    """Run (or continue) the study; returns the path of report.md."""
-    out = Path(out_dir or cfg.output_dir)
-    check_output_dir(out, cfg)
+    """Run (or continue) the study; returns the path of report.md. The folder is locked for
+    the run (`folder.StudyFolder`: one process at a time)."""
+    with StudyFolder(Path(out_dir or cfg.output_dir)) as folder:
+        return _run(cfg, folder, progress)
+
+
+def _run(cfg: StudyConfig, folder: StudyFolder, progress: bool) -> Path:
+    out = folder.out
+    records = RecordLog(out / "results.jsonl")
+    folder.write_config(cfg)
     t0 = time.time()
     model_src = cfg.model or default_model_path()
-    records = RecordLog(out / "results.jsonl")
     if records.records:
         logger.info(f"resuming: {len(records.records)} records already in {out / 'results.jsonl'}")
     conditions = study_conditions(cfg)
     needed = {c.model for c in conditions}
     for i, task in enumerate(cfg.tasks):
         base, tok = find_task(task).task.load_model(model_src, seed=cfg.seed)
+        require_finite(base, f"the model {model_src}", "fix or re-download it")
         data = TaskData(cfg, task, tok)
         if i == 0 and not (out / "tiles.md").exists():
             write_hardware_summaries(cfg, base, out)

@@ -6,9 +6,10 @@ digital headline metric at three stages — "prune:dense" (before, once), then
 with `prune_ratio`, `stage` and `method` keys. For the main method it also saves the
 compacted, retrained model (evaluated on tiles by the "pruned" conditions of the sweep),
 a tile map before/after pruning (tiles freed per block), and the Fig. 3.1 / 3.2 pictures
-of the MAC analysis for the first FC2 layer. `pruning.stages` > 1 prunes gradually during
-the retraining; `pruning.control` adds the dense model retrained with the same recipe
-("prune-none:retrained", ratio 0); `eval_every` / `keep_best` in `pruning.retrain` keep the
+of the MAC analysis for the first FC2 layer. `pruning.schedule` (a `pruning.Schedule`:
+one-shot, gradual, progressive rounds, ADMM) produces each pruned model (`StudyPruneJob` is
+what it gets from the study); `pruning.control` adds the dense model retrained with the same
+recipe ("prune-none:retrained", ratio 0); `eval_every` / `keep_best` in `pruning.retrain` keep the
 retrained state with the best dev score (recorded with `dev_evals` and `best_step`).
 """
 from __future__ import annotations
@@ -16,16 +17,16 @@ from __future__ import annotations
 import copy
 import json
 import statistics
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict, Optional
 
 from torch import nn
 
 from ..hardware.mapping import MappingConfig, compare, comparison_markdown, map_model
 from ..logs import get_logger
-from ..pruning import (ADMMPruner, GradualPruner, calibrate, capture_frames, compact, find_targets, kept_units,
-                       linear_weight, load_compacted, prune, reconstruct)
+from ..pruning import (calibrate, capture_frames, compact, find_targets, kept_units, linear_weight,
+                       load_compacted, reconstruct)
 from ..report.figures import plot_delta_heatmap, plot_product_curves, plot_tile_layout
 from ..training.finetune import finetune, save_checkpoint, total_steps
 from .finetune_step import log_evals
@@ -57,28 +58,18 @@ def pruned_models(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progr
     source = models[p.source]
     if p.control:
         _control(cfg, data, source, log, progress)
-    stats_cache: Dict[str, object] = {}
-
-    def stats_for(pc):
-        """The criterion's statistics of the source model (None if it needs none), computed
-        once per criterion: they depend on the source model only."""
-        if not pc.needs_calibration:
-            return None
-        if pc.criterion not in stats_cache:
-            stats_cache[pc.criterion] = calibrate(source, calib, pc)
-        return stats_cache[pc.criterion]
-
+    stats = SourceStats(source, calib)
     result: Dict[str, nn.Module] = {}
     runs = p.runs()
-    rounds: Dict[str, tuple] = {}  # progressive: label -> (retrained model, masks) of its last round
+    rounds: Dict[str, tuple] = {}  # schedules in rounds: label -> (retrained model, masks) of its last round
     for i, (label, pc, is_main) in enumerate(runs):
         ratio = _ratio(pc)
         key = pruned_model_key(ratio if p.ratios else None)
         path = _pruned_path(out, data, p, ratio)
         saved = is_main and (path / "model.safetensors").exists()
         # a later round of this method still to run starts from this round's retrained model
-        later = p.progressive and any(not _done(data, log, out, p, l2, _ratio(pc2), m2)
-                                      for l2, pc2, m2 in runs[i + 1:] if l2 == label)
+        later = p.schedule.rounds and any(not _done(data, log, out, p, l2, _ratio(pc2), m2)
+                                          for l2, pc2, m2 in runs[i + 1:] if l2 == label)
         start = rounds.pop(label, None)
         if _done(data, log, out, p, label, ratio, is_main) and not later:
             if saved:
@@ -87,29 +78,52 @@ def pruned_models(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progr
             continue
         if saved and later:
             logger.info(f"{data.name}: {label} ratio {ratio:.3f} is recorded; retraining its first seed again "
-                 "for the next round (records reused)")
-        # a later round is scored on the model it starts from, the first on the dense one
-        stats = stats_for(pc) if start is None or not pc.needs_calibration else calibrate(start[0], calib, pc)
-        model = _prune_retrain(cfg, data, source, pc, label, ratio, stats, calib, log, progress,
+                        "for the next round (records reused)")
+        model = _prune_retrain(cfg, data, source, pc, label, ratio, stats.of(pc, start), calib, log, progress,
                                skip_first=saved and not later, start=start)
         if later:
             rounds[label] = (copy.deepcopy(model) if is_main and not saved else model,
                              model.analogformer_masks)
-        if not is_main:
-            continue
-        if saved:  # more seeds, or the first seed again for the next round: the saved model stands
-            result[key] = _load_pruned(path)
-            continue
-        masks = model.analogformer_masks
-        del model.analogformer_masks
-        if p.compact:
-            compact(model, masks)
-        save_checkpoint(model, tok, path)
-        _tile_comparison(cfg, source, model, out, data.name if not p.ratios else f"{data.name}@{ratio_tag(ratio)}")
-        if pc.criterion == "mac" and not (out / f"mac_delta_{data.name}.png").exists():
-            _mac_pictures(copy.deepcopy(source), calib, pc, out, data.name)
-        result[key] = _load_pruned(path)
+        if is_main:  # more seeds, or the first seed again for the next round: a saved model stands
+            result[key] = _load_pruned(path) if saved else _save_pruned(cfg, data, source, model, pc, path,
+                                                                        tok, out, calib, ratio)
     return result
+
+
+class SourceStats:
+    """Calibration statistics of the pruned models' starting points, for each criterion."""
+
+    def __init__(self, source: nn.Module, calib):
+        self.source, self.calib = source, calib
+        self.cache: Dict[str, object] = {}
+
+    def of(self, pc, start=None):
+        """The statistics `pc`'s criterion needs (None if none): of the dense source, computed
+        once per criterion (they depend on the source model only), or of `start`'s model (a
+        later round is scored on the model it starts from)."""
+        if not pc.needs_calibration:
+            return None
+        if start is not None:
+            return calibrate(start[0], self.calib, pc)
+        if pc.criterion not in self.cache:
+            self.cache[pc.criterion] = calibrate(self.source, self.calib, pc)
+        return self.cache[pc.criterion]
+
+
+def _save_pruned(cfg, data, source: nn.Module, model: nn.Module, pc, path: Path, tok, out: Path, calib,
+                 ratio: float) -> nn.Module:
+    """Compact and save the main method's retrained model, with its tile comparison (and the
+    MAC pictures); returns it loaded back from `path`."""
+    p = cfg.pruning
+    masks = model.analogformer_masks
+    del model.analogformer_masks
+    if p.compact:
+        compact(model, masks)
+    save_checkpoint(model, tok, path)
+    _tile_comparison(cfg, source, model, out, data.name if not p.ratios else f"{data.name}@{ratio_tag(ratio)}")
+    if pc.criterion == "mac" and not (out / f"mac_delta_{data.name}.png").exists():
+        _mac_pictures(copy.deepcopy(source), calib, pc, out, data.name)
+    return _load_pruned(path)
 
 
 def _ratio(pc) -> float:
@@ -129,101 +143,140 @@ def _done(data, log: RecordLog, out: Path, p, label: str, ratio: float, is_main:
             and all(_retrained_recorded(data, log, label, ratio, k) for k in range(p.seeds_at(ratio))))
 
 
+@dataclass
+class StudyPruneJob:
+    """One method at one ratio: what `pruning.Schedule.prune` gets from the study (the
+    `pruning.schedule.PruneJob` protocol)."""
+
+    cfg: Any
+    data: Any
+    source: nn.Module
+    """The dense model: teacher and least-squares target (never modified)."""
+    pc: Any
+    label: str
+    ratio: float
+    stats: Any
+    """Calibration statistics of `model` for the criterion (None if it needs none)."""
+    calib: list
+    log: RecordLog
+    progress: bool
+    model: nn.Module
+    """The copy pruned and retrained (of `source`, or of the previous round's model)."""
+    previous: Any
+    """The previous round's masks (progressive), or None."""
+    fcfg: Any
+    """The retraining recipe."""
+    teacher: Optional[nn.Module]
+    loader: Any
+    """The retraining batches of the first seed."""
+    dense: float = 0.0
+    """The dense model's headline."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.data.name}: {self.label} ratio {self.ratio:.3f}"
+
+    def record(self, stage: str, model: nn.Module, **extra) -> float:
+        """Write the "prune-<label>:<stage>" record of `model` (`repeat` in `extra`)."""
+        return _record(self.data, self.log, f"prune-{self.label}:{stage}", stage, model, self.ratio, self.label,
+                       **extra)
+
+    def record_pruned(self, model: nn.Module) -> float:
+        return self.record("pruned", model)
+
+    def stats_of(self, model: nn.Module):
+        return calibrate(model, self.calib, self.pc)
+
+    def total_steps(self) -> int:
+        return total_steps(self.fcfg, self.loader)
+
+    def train_phase(self, after_step, extra_loss) -> None:
+        # selection and weight averaging belong to the retraining after the hard pruning
+        phase = replace(self.fcfg, eval_every=None, keep_best=False, ema_decay=None)
+        finetune(self.model, self.data.train_loader(self.fcfg.batch_size, self.fcfg.seed + 11), phase,
+                 after_step=after_step, extra_loss=extra_loss, progress=self.progress, teacher=self.teacher,
+                 special_ids=self.data.special_ids)
+
+
 def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, stats, calib,
                    log: RecordLog, progress: bool, skip_first: bool = False, start=None) -> nn.Module:
-    """Prune a copy of `source` with `pc`, retrain with the masks held; records at each stage.
+    """Prune a copy of `source` with `pc` as `pruning.schedule` says, retrain with the masks
+    held; records at each stage. Returns the retrained model (its `analogformer_masks` set).
 
     `start` (progressive rounds): (model, masks) of the previous round — pruned from a copy of
     that model instead, its removed units kept (`stats` are then that model's); the teacher
-    and the least-squares targets stay the dense `source`.
-
-    One-shot (`pruning.stages: 1`): prune, then retrain. Gradual (`stages` > 1): the
-    "after pruning" record is still the one-shot pruned model (no retraining), and the
-    retraining prunes in stages (`GradualPruner`). With `eval_every` / `keep_best` in the
-    retraining recipe, only states at the final ratio are candidates.
+    and the least-squares targets stay the dense `source`. `skip_first`: a recorded first
+    seed is not retrained (the caller has its model saved).
     """
-    p = cfg.pruning
-    model = copy.deepcopy(source if start is None else start[0]).eval()
-    dense = _record(data, log, "prune:dense", "dense", source, 0.0, p.source)
-    fcfg = cfg.finetune_for(data.name, p.retrain)
-    teacher = source if fcfg.needs_teacher else None  # the dense model distils into the pruned one
-    loader = data.train_loader(fcfg.batch_size, fcfg.seed + 13)
-    pruner = None
-    if pc.admm_rho is not None:
-        logger.info(f"{data.name}: {label} ratio {ratio:.3f}: ADMM phase (rho {pc.admm_rho:g})")
-        admm = ADMMPruner(model, pc, stats)
-        # selection and weight averaging belong to the retraining after the hard pruning
-        phase = replace(fcfg, eval_every=None, keep_best=False, ema_decay=None)
-        finetune(model, data.train_loader(fcfg.batch_size, fcfg.seed + 11), phase,
-                 after_step=admm.step, extra_loss=admm.penalty, progress=progress, teacher=teacher,
-                 special_ids=data.special_ids)
-        masks = admm.finalize(model)
-        after_prune = _record(data, log, f"prune-{label}:pruned", "pruned", model, ratio, label)
-    elif p.stages > 1:
-        oneshot = copy.deepcopy(source).eval()
-        prune(oneshot, pc, stats)
-        after_prune = _record(data, log, f"prune-{label}:pruned", "pruned", oneshot, ratio, label)
-        del oneshot
-        stats_fn = (lambda m: calibrate(m, calib, pc)) if pc.needs_calibration else (lambda m: None)
-        pruner = GradualPruner(model, pc, p.stages, total_steps(fcfg, loader), stats_fn)
-        masks = pruner.masks
-    else:
-        masks = prune(model, pc, stats, previous=None if start is None else start[1])
-        after_prune = _record(data, log, f"prune-{label}:pruned", "pruned", model, ratio, label)
-    how = f"in {p.stages} stages during " if pruner else ""
+    fcfg = cfg.finetune_for(data.name, cfg.pruning.retrain)
+    job = StudyPruneJob(cfg, data, source, pc, label, ratio, stats, calib, log, progress,
+                   model=copy.deepcopy(source if start is None else start[0]).eval(),
+                   previous=None if start is None else start[1], fcfg=fcfg,
+                   teacher=source if fcfg.needs_teacher else None,  # the dense model distils into the pruned one
+                   loader=None)
+    job.dense = _record(data, log, "prune:dense", "dense", source, 0.0, cfg.pruning.source)
+    job.loader = data.train_loader(fcfg.batch_size, fcfg.seed + 13)
+    after_prune, held = cfg.pruning.schedule.prune(job)
     logger.info(f"{data.name}: pruned {label} ratio {ratio:.3f} on {list(pc.blocks)}: "
-         + ("" if start is None else "from the previous round's retrained model, ")
-         + f"{100 * dense:.2f} -> {100 * after_prune:.2f}")
-    if pc.scope == "global" and pc.structure in ("rows", "columns") and not pruner:
-        logger.info(f"{data.name}: {label} ratio {ratio:.3f}: {pc.structure} kept per matrix: "
-             + "; ".join(f"{b} {v}" for b, v in kept_units(model, pc, masks).items()))
+                + ("" if start is None else "from the previous round's retrained model, ")
+                + f"{100 * job.dense:.2f} -> {100 * after_prune:.2f}")
+    if pc.scope == "global" and pc.structure in ("rows", "columns") and held.fixed:
+        logger.info(f"{job.name}: {pc.structure} kept per matrix: "
+                    + "; ".join(f"{b} {v}" for b, v in kept_units(job.model, pc, held.masks).items()))
     if pc.reconstruct:
-        errs = reconstruct(model, source, masks, calib, pc.reconstruct_damping)
-        mean = lambda k: sum(e[k] for e in errs.values()) / len(errs)  # noqa: E731
-        refit = _record(data, log, f"prune-{label}:reconstructed", "reconstructed", model, ratio, label,
-                        output_error={n: [e["masked"], e["reconstructed"]] for n, e in errs.items()})
-        logger.info(f"{data.name}: {label} ratio {ratio:.3f}: least-squares refit of {len(errs)} matrices "
-             f"(relative output error {mean('masked'):.4f} -> {mean('reconstructed'):.4f}): "
-             f"{100 * refit:.2f}")
-    seeds = p.seeds_at(ratio)
-    logger.info(f"{data.name}: {label} ratio {ratio:.3f}: {how}retraining {fcfg.epochs} epoch(s)"
-         + (f", {seeds} seeds" if seeds > 1 else ""))
-    start = copy.deepcopy(model) if seeds > 1 else None  # the state every seed starts from
+        _refit(job, held.masks)
+    job.model.analogformer_masks = _retrain(job, held, skip_first)
+    return job.model
+
+
+def _refit(job: StudyPruneJob, masks) -> None:
+    """Least-squares refit of the kept rows toward the dense model, and its record."""
+    errs = reconstruct(job.model, job.source, masks, job.calib, job.pc.reconstruct_damping)
+    mean = lambda k: sum(e[k] for e in errs.values()) / len(errs)  # noqa: E731
+    refit = job.record("reconstructed", job.model,
+                       output_error={n: [e["masked"], e["reconstructed"]] for n, e in errs.items()})
+    logger.info(f"{job.name}: least-squares refit of {len(errs)} matrices "
+                f"(relative output error {mean('masked'):.4f} -> {mean('reconstructed'):.4f}): "
+                f"{100 * refit:.2f}")
+
+
+def _retrain(job: StudyPruneJob, held, skip_first: bool):
+    """Retrain `job.model` (and copies of it, one per further seed) with the masks `held`;
+    records per seed. Returns the final masks. With `eval_every` / `keep_best` in the recipe,
+    only states at the final ratio are candidates."""
+    data, fcfg, label, ratio = job.data, job.fcfg, job.label, job.ratio
+    seeds = job.cfg.pruning.seeds_at(ratio)
+    logger.info(f"{job.name}: {held.during}retraining {fcfg.epochs} epoch(s)"
+                + (f", {seeds} seeds" if seeds > 1 else ""))
+    start = copy.deepcopy(job.model) if seeds > 1 else None  # the state every seed starts from
     score = None
     if fcfg.eval_every:
-        score = lambda m: data.dev_headline(m) if pruner is None or pruner.final else None  # noqa: E731
-    scores = []
+        score = lambda m: data.dev_headline(m) if held.final else None  # noqa: E731
+    scores, masks = [], held.masks
     for k in range(seeds):
-        name = f"prune-{label}:retrained"
         # resumed: a recorded seed is not retrained again — except the first, whose model
         # goes on, unless the caller has it saved already (`skip_first`)
-        if (k or skip_first) and _retrained_recorded(data, log, label, ratio, k):
-            scores.append(_record(data, log, name, "retrained", model, ratio, label, repeat=k))
+        if (k or skip_first) and _retrained_recorded(data, job.log, label, ratio, k):
+            scores.append(job.record("retrained", job.model, repeat=k))
             continue
-        m = model if k == 0 else copy.deepcopy(start)
+        m = job.model if k == 0 else copy.deepcopy(start)
         fk = replace(fcfg, seed=fcfg.seed + k)
-        if pruner is None:
-            masks.register_gradient_hooks(m)
-        hist = finetune(m, loader if k == 0 else data.train_loader(fk.batch_size, fk.seed + 13), fk,
-                        after_step=pruner.after_step if pruner else masks.after_step,
-                        progress=progress, teacher=teacher, score=score, special_ids=data.special_ids,
-                        higher_is_better=data.higher_is_better)
-        if pruner is not None:
-            masks = pruner.masks
-        masks.remove_hooks()
+        held.hold(m)
+        hist = finetune(m, job.loader if k == 0 else data.train_loader(fk.batch_size, fk.seed + 13), fk,
+                        after_step=held.after_step, progress=job.progress, teacher=job.teacher, score=score,
+                        special_ids=data.special_ids, higher_is_better=data.higher_is_better)
+        masks = held.release()
         tag = f" (seed {fk.seed})" if seeds > 1 else ""
         log_evals(data.name, f"{label} ratio {ratio:.3f} retraining{tag}", hist)
-        scores.append(_record(data, log, name, "retrained", m, ratio, label, repeat=k,
-                              **_selection(hist, fk)))
-        logger.info(f"{data.name}: {label} ratio {ratio:.3f} after retraining{tag} {100 * scores[-1]:.2f}")
+        scores.append(job.record("retrained", m, repeat=k, **_selection(hist, fk)))
+        logger.info(f"{job.name} after retraining{tag} {100 * scores[-1]:.2f}")
         if k:
             del m  # only the first seed's model goes on
     if len(scores) > 1:
-        logger.info(f"{data.name}: {label} ratio {ratio:.3f} after retraining, {len(scores)} seeds: "
-             f"{100 * statistics.mean(scores):.2f} (sd {100 * statistics.stdev(scores):.2f}; "
-             f"{', '.join(f'{100 * v:.2f}' for v in scores)})")
-    model.analogformer_masks = masks
-    return model
+        logger.info(f"{job.name} after retraining, {len(scores)} seeds: "
+                    f"{100 * statistics.mean(scores):.2f} (sd {100 * statistics.stdev(scores):.2f}; "
+                    f"{', '.join(f'{100 * v:.2f}' for v in scores)})")
+    return masks
 
 
 def _control(cfg, data, source: nn.Module, log: RecordLog, progress: bool) -> None:

@@ -70,6 +70,25 @@ def get_condition(name: str) -> Condition:
     return CONDITIONS[name]
 
 
+def _times(field: str, times) -> Tuple[float, ...]:
+    """Validated time points in seconds: numbers >= 0, finite, none twice."""
+    if isinstance(times, (int, float)) and not isinstance(times, bool):
+        times = [times]
+    if isinstance(times, (str, bytes, dict)) or not isinstance(times, (list, tuple)):
+        fail("SweepConfig", field, f"must be a list of seconds, e.g. [1, 3600, 2592000], got {times!r}")
+    out = []
+    for t in times:
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            fail("SweepConfig", field, f"times must be finite and >= 0 (numbers of seconds), got {t!r}")
+        out.append(float(t))
+    if not out:
+        fail("SweepConfig", field, "needs at least one time point")
+    dup = sorted({t for t in out if out.count(t) > 1})
+    if dup:
+        fail("SweepConfig", field, f"lists {dup} more than once; name each time point once")
+    return tuple(out)
+
+
 @dataclass
 class SweepConfig:
     """Time points, repeats and seeds of an over-time evaluation."""
@@ -94,12 +113,7 @@ class SweepConfig:
     {hwa-int6: [2592000]} to add INT6 attention only at 1 month."""
 
     def __post_init__(self):
-        self.times_seconds = tuple(float(t) for t in self.times_seconds)
-        if not self.times_seconds:
-            fail("SweepConfig", "times_seconds", "needs at least one time point")
-        for t in self.times_seconds:
-            if not math.isfinite(t) or t < 0:
-                fail("SweepConfig", "times_seconds", f"times must be finite and >= 0, got {t!r}")
+        self.times_seconds = _times("times_seconds", self.times_seconds)
         for n in ("repeats", "calibration_batches", "eval_batch_size"):
             check_positive(self, n, integer=True)
         if self.calibration_percentile is not None and not 0 < self.calibration_percentile <= 100:
@@ -113,9 +127,7 @@ class SweepConfig:
                 if name not in CONDITIONS:
                     fail("SweepConfig", "times_per_condition",
                           f"unknown condition {name!r}; allowed: {list(CONDITIONS)}")
-                if isinstance(times, (int, float)):
-                    times = [times]
-                times = tuple(float(t) for t in times)
+                times = _times(f"times_per_condition.{name}", times)
                 extra = [t for t in times if t not in self.times_seconds]
                 if not times or extra:
                     fail("SweepConfig", "times_per_condition",

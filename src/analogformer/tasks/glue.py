@@ -11,7 +11,9 @@ not_entailment=1``; the binary tasks use their ``0/1`` labels; STS-B is a float 
 from __future__ import annotations
 
 import csv
+import io
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -153,28 +155,42 @@ def _parse_label(spec: GlueTaskSpec, raw: str, path: Path, line_no: int) -> int 
 
 
 def _read_tsv(spec: GlueTaskSpec, path: Path) -> list[GlueExample]:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_no = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line_no}: not UTF-8 text (byte "
+                         f"{data[e.start]:#04x} at offset {e.start}); GLUE files are UTF-8: re-encode the "
+                         "file (e.g. iconv -f latin1 -t utf-8)") from None
+    text = re.sub(r"(\r?\n[ \t]*)+$", "", text)  # blank lines at the end are no rows
     examples = []
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = csv.reader(f, delimiter="\t", quotechar=None)
-        for line_no, row in enumerate(rows, start=1):
-            if line_no == 1 and spec.name == "mnli":
-                if tuple(row[:4]) != _MNLI_HEADER_START:
-                    raise ValueError(f"{path}, line 1: expected an MNLI header starting with "
-                                     f"{list(_MNLI_HEADER_START)}, got {row[:4]}")
-                continue
-            if line_no == 1 and spec.header is not None:
-                if tuple(row) != spec.header:
-                    raise ValueError(f"{path}, line 1: expected the {spec.folder} header "
-                                     f"{list(spec.header)}, got {row}")
-                continue
-            if len(row) not in spec.n_columns:
-                raise ValueError(f"{path}, line {line_no}: expected "
-                                 f"{' or '.join(map(str, spec.n_columns))} tab-separated "
-                                 f"columns for {spec.folder}, got {len(row)}")
-            label = _parse_label(spec, row[spec.label_col], path, line_no)
-            text_b = None if spec.text_b_col is None else row[spec.text_b_col]
-            examples.append(GlueExample(row[spec.text_a_col], text_b, label))
+    for line_no, row in enumerate(csv.reader(io.StringIO(text, newline=""), delimiter="\t", quotechar=None),
+                                  start=1):
+        if line_no == 1 and (spec.name == "mnli" or spec.header is not None):
+            _check_header(spec, row, path)
+            continue
+        if len(row) not in spec.n_columns:
+            raise ValueError(f"{path}, line {line_no}: expected "
+                             f"{' or '.join(map(str, spec.n_columns))} tab-separated "
+                             f"columns for {spec.folder}, got {len(row)}")
+        label = _parse_label(spec, row[spec.label_col], path, line_no)
+        text_b = None if spec.text_b_col is None else row[spec.text_b_col]
+        examples.append(GlueExample(row[spec.text_a_col], text_b, label))
+    if not examples:
+        raise ValueError(f"{path} holds no examples ({'only a header' if text else 'it is empty'}); "
+                         f"expected {spec.folder} rows" + (" below the header" if spec.header else ""))
     return examples
+
+
+def _check_header(spec: GlueTaskSpec, row: list, path: Path) -> None:
+    # MNLI train and dev headers differ after their first four names
+    if spec.name == "mnli" and tuple(row[:4]) != _MNLI_HEADER_START:
+        raise ValueError(f"{path}, line 1: expected an MNLI header starting with "
+                         f"{list(_MNLI_HEADER_START)}, got {row[:4]}")
+    if spec.name != "mnli" and tuple(row) != spec.header:
+        raise ValueError(f"{path}, line 1: expected the {spec.folder} header "
+                         f"{list(spec.header)}, got {row}")
 
 
 def _load_hub(spec: GlueTaskSpec, split: str) -> list[GlueExample]:

@@ -13,6 +13,7 @@ e.g. "mnli-m"), and `describe(key)` tells a report how to show it.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -83,17 +84,19 @@ class Task(ABC):
         drawn from torch's RNG seeded with `seed`, so they are reproducible."""
         from transformers import AutoConfig, AutoTokenizer
 
-        config = AutoConfig.from_pretrained(str(source), **self.model_kwargs())
-        torch.manual_seed(seed)
-        model = self._auto().from_pretrained(str(source), config=config)
-        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        with _loading(source):
+            config = AutoConfig.from_pretrained(str(source), **self.model_kwargs())
+            torch.manual_seed(seed)
+            model = self._auto().from_pretrained(str(source), config=config)
+            tokenizer = AutoTokenizer.from_pretrained(str(source))
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token  # decoder tokenizers ship without one
         return model, tokenizer
 
     def load_trained(self, path: str | Path) -> nn.Module:
         """A model this task's pipeline saved (`save_pretrained`), in eval mode."""
-        return self._auto().from_pretrained(str(path)).eval()
+        with _loading(path):
+            return self._auto().from_pretrained(str(path)).eval()
 
     # ---- evaluation
     @abstractmethod
@@ -113,6 +116,23 @@ class Task(ABC):
     def better(self, a: float, b: float) -> bool:
         """Whether headline `a` is better than `b` (a NaN is never better)."""
         return a > b if self.higher_is_better else a < b
+
+
+@contextlib.contextmanager
+def _loading(source):
+    """Errors of loading a model, as one ValueError that names the source and the fix."""
+    try:
+        yield
+    except ValueError:
+        raise
+    except Exception as e:  # hub offline, missing files, truncated safetensors, bad config.json
+        local = Path(str(source)).exists()
+        first = (str(e).splitlines() or [""])[0][:300]
+        what = (f"the folder {source} does not hold a readable model" if local else
+                f"{str(source)!r} is neither a local folder nor reachable on the Hugging Face hub")
+        raise ValueError(f"cannot load the model: {what} ({type(e).__name__}: {first}). "
+                         "Pass a folder holding config.json, the weights and the tokenizer (e.g. a study's "
+                         "checkpoints/<task>/digital), or a hub name with the hub reachable") from None
 
 
 @dataclass(frozen=True)
