@@ -38,3 +38,21 @@ FAMILIES = ["bert", "albert", "distilbert", "mobilebert", "gpt2", "llama"]
 
 def main_output(out):
     return out.logits if hasattr(out, "logits") and out.logits is not None else out.last_hidden_state
+
+
+def sweep_setup():
+    """A tiny BERT, one batch of random tokens, 16×16 tiles and a continuous metric (the mean
+    logit: any change of a single draw or of the calibration shows) for sweep tests."""
+    import analogformer as af
+
+    model = tiny("bert")
+    g = torch.Generator().manual_seed(0)
+    batch = dict(input_ids=torch.randint(5, 99, (6, 12), generator=g),
+                 attention_mask=torch.ones(6, 12, dtype=torch.long))
+    cfg = af.AnalogConfig()
+    cfg.tile.rows = cfg.tile.cols = 16
+
+    def evaluate(m):
+        with torch.no_grad():
+            return {"mean_logit": float(m(**batch).logits.mean())}
+    return model, batch, cfg, evaluate

@@ -2,24 +2,14 @@
 resumed group is calibrated in a different global-RNG state (a fresh process)."""
 import torch
 
-import analogformer as af
 from analogformer.nn.attention import AttentionQuantConfig, calibrate_attention, quantize_attention
 from analogformer.study.records import RecordLog
 from analogformer.study.sweep import CONDITIONS, SweepConfig, run_time_sweep
-from conftest import tiny
+from conftest import sweep_setup
 
 
 def _setup(tmp_path):
-    model = tiny("bert")
-    g = torch.Generator().manual_seed(0)
-    batch = dict(input_ids=torch.randint(5, 99, (6, 12), generator=g),
-                 attention_mask=torch.ones(6, 12, dtype=torch.long))
-    cfg = af.AnalogConfig()
-    cfg.tile.rows = cfg.tile.cols = 16
-
-    def evaluate(m):  # a continuous metric: any change of calibration shows
-        with torch.no_grad():
-            return {"mean_logit": float(m(**batch).logits.mean())}
+    model, batch, cfg, evaluate = sweep_setup()
 
     def prepare(m, cond):
         if cond.attention_bits is not None:

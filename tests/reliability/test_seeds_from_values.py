@@ -11,7 +11,7 @@ import analogformer as af
 from analogformer.seeding import derive_seed
 from analogformer.study.records import RecordLog
 from analogformer.study.sweep import CONDITIONS, SweepConfig, run_time_sweep
-from conftest import tiny
+from conftest import sweep_setup, tiny
 
 
 def test_derive_seed_is_a_function_of_the_named_values():
@@ -28,16 +28,7 @@ def test_derive_seed_is_a_function_of_the_named_values():
 
 
 def _sweep(tmp_path):
-    model = tiny("bert")
-    g = torch.Generator().manual_seed(0)
-    batch = dict(input_ids=torch.randint(5, 99, (6, 12), generator=g),
-                 attention_mask=torch.ones(6, 12, dtype=torch.long))
-    cfg = af.AnalogConfig()
-    cfg.tile.rows = cfg.tile.cols = 16
-
-    def evaluate(m):  # continuous: any change of a single draw shows
-        with torch.no_grad():
-            return {"mean_logit": float(m(**batch).logits.mean())}
+    model, batch, cfg, evaluate = sweep_setup()
 
     def run(name, times, repeats, conditions):
         return run_time_sweep({"digital": model}, "toy", [CONDITIONS[c] for c in conditions], evaluate,
