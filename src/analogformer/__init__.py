@@ -10,7 +10,7 @@ from .config import (ADCConfig, AnalogConfig, CompensationConfig, DACConfig, PCM
                      TileConfig)
 from .inference import (calibrate_input_ranges, drift, program, reseed_noise, reset,
                         set_compensation, unprogram)
-from .nn.convert import analog_layers, analogize
+from .nn.convert import analog_layers, analogize, ideal_state
 from .nn.linear import AnalogLinear
 from .runtime import tune_allocator
 
@@ -19,6 +19,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ADCConfig", "AnalogConfig", "AnalogLinear", "CompensationConfig", "DACConfig",
     "PCMConfig", "TileConfig", "analog_layers", "analogize", "calibrate_input_ranges",
-    "drift", "program", "reseed_noise", "reset", "set_compensation", "tune_allocator",
+    "drift", "ideal_state", "program", "reseed_noise", "reset", "set_compensation", "tune_allocator",
     "unprogram",
 ]

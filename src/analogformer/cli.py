@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -29,6 +30,7 @@ def _study_on_checkpoint(a, conditions, extra=()) -> int:
     import shutil
 
     from .study import load_study_config, run_study
+    from .study.folder import GIVEN, checkpoint_saved
     from .tasks import find_task
     ckpt = Path(a.checkpoint)
     if not (ckpt / "config.json").is_file():
@@ -40,11 +42,12 @@ def _study_on_checkpoint(a, conditions, extra=()) -> int:
     cfg = load_study_config(a.config, over + list(a.overrides))
     out = Path(a.out)
     target = out / "checkpoints" / find_task(a.task).name / "digital"
-    if not (target / "model.safetensors").exists():
+    if not checkpoint_saved(target):
         target.mkdir(parents=True, exist_ok=True)
         for f in ckpt.iterdir():
             if f.is_file():
                 shutil.copy2(f, target / f.name)
+        (target / GIVEN).write_text(f"copied from {ckpt.resolve()}\n")  # not a result of this folder's runs
     run_study(cfg, out_dir=str(out), progress=not a.no_progress)
     return 0
 
@@ -108,7 +111,7 @@ def _load_hf_config(name: str):
     except Exception as e:  # a broken config.json, an unknown name, the hub unreachable
         where = f"{p}" if p.exists() else f"{name!r} (not a local path; the hub name did not load)"
         first = (str(e).splitlines() or [""])[0][:300]
-        raise ValueError(f"cannot read a model config from {where}: {type(e).__name__}: {first}. Use a "
+        raise ValueError(f"cannot read a model config from {where}: {type(e).__name__}: {first.rstrip('.')}. Use a "
                          f"folder with a valid config.json, or a preset: {sorted(PRESET_CONFIGS)}") from None
 
 
@@ -125,48 +128,26 @@ def cmd_merge(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    """Analogize the bundled MiniLM and print how its sentence embeddings drift over time."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    import analogformer as af
-    from .tasks.registry import default_model_path
-    path = default_model_path()
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).eval()
-    sentences = ["analog in-memory computing stores weights as conductances",
-                 "phase-change memory drifts after programming",
-                 "the movie was a delight from start to finish",
-                 "a crossbar multiplies a vector by a matrix in one step",
-                 "the weather was cold and the train was late"]
-    batch = tok(sentences, return_tensors="pt", padding=True)
-    mask = batch["attention_mask"].unsqueeze(-1).float()
-
-    def embed(m):
-        h = m(**batch).last_hidden_state
-        return torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1), dim=-1)
-
-    with torch.no_grad():
-        ref = embed(model)
-        af.analogize(model, af.AnalogConfig())
-        af.calibrate_input_ranges(model, [dict(batch)], percentile=None)  # max |x|: no outlier clipping
-        print("MiniLM sentence embeddings on PCM tiles (mean over 5 device instances):")
-        print("cosine similarity to the digital embedding  | no compensation | compensated")
-        for t, label in ((1, "1 s"), (3600, "1 h"), (86400, "1 day"), (604800, "1 week"), (2592000, "1 month")):
-            sims = {False: [], True: []}
-            for seed in range(5):
-                af.program(model, seed=seed)
-                af.drift(model, t, read_seed=seed)
-                for comp in (False, True):
-                    af.set_compensation(model, comp)
-                    sims[comp].append((embed(model) * ref).sum(-1).mean().item())
-            print(f"{label:>43} | {sum(sims[False]) / 5:15.3f} | {sum(sims[True]) / 5:.3f}")
+    """One real MiniLM matrix on PCM tiles: its output error over time, by source."""
+    from .demo import run
+    print(run())
     return 0
 
 
 def _condition_names() -> List[str]:
     from .study.sweep import CONDITIONS
     return list(CONDITIONS)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown; lines never broken inside a hyphenated name (analog-nocomp, hwa-int8)."""
+
+    def _split_lines(self, text, width):
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
+
+    def _fill_text(self, text, width, indent):
+        return textwrap.fill(self._whitespace_matcher.sub(" ", text).strip(), width, initial_indent=indent,
+                             subsequent_indent=indent, break_on_hyphens=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,10 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"analogformer {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
     s = sub.add_parser("study", help="run (or resume) a study from a YAML config", formatter_class=fmt,
                        description="Fine-tune, analogize and evaluate over time as CONFIG describes; "
-                                   "re-running the same command continues an interrupted study.")
+                                   "re-running the same command continues an interrupted study.",
+                       epilog="Any config key can be set with --set KEY=VALUE, e.g. --set analog.tile.rows=512 "
+                              "(the default; SPEC 512x512 tiles), --set sweep.repeats=25, --set "
+                              "'conditions=[digital, analog, hwa]'. Conditions: "
+                              + ", ".join(_condition_names()) + ". Every key: docs/config.md.")
     s.add_argument("config", help="study YAML (see configs/)")
     s.add_argument("--out", help="output folder (default: the config's output_dir)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
@@ -229,8 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="new folder for the merged study (report rebuilt there)")
     g.set_defaults(func=cmd_merge)
 
-    d = sub.add_parser("demo", help="the bundled MiniLM on PCM tiles: its output error over time, "
-                                    "with and without drift compensation")
+    d = sub.add_parser("demo", help="one real MiniLM matrix on PCM tiles: its output error over time, "
+                                    "with and without drift compensation, and where it comes from")
     d.set_defaults(func=cmd_demo)
     return p
 
@@ -258,7 +243,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if getattr(a, "no_progress", False):
             _quiet_progress()
         return a.func(a)
-    except ValueError as e:
+    except (ValueError, FloatingPointError) as e:  # bad input; a non-finite loss, output or checkpoint
         print(f"analogformer {a.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a file or folder that cannot be read or written

@@ -14,7 +14,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from .nn.convert import analog_layers
+from .nn.convert import analog_layers, ideal_state
 from .seeding import derive_seed
 
 _POOL = "<output-noise pool>"  # the stream name of the model's shared output-noise pool
@@ -122,7 +122,9 @@ reset = unprogram
 @torch.no_grad()
 def calibrate_input_ranges(model: nn.Module, batches: Iterable, percentile: Optional[float] = 99.99,
                            forward: Optional[callable] = None) -> dict:
-    """Set each layer's DAC range r from the activations it sees on `batches`.
+    """Set each layer's DAC range r from the activations it sees on `batches`, with the model
+    in its ideal (digital) state (`ideal_state`): the ranges are those of the model as
+    trained, never widened by device or periphery noise.
 
     r = the `percentile` of |x| over all calibration inputs (max |x| when None), the
     largest over batches. `batches` yields dicts of model kwargs (or tensors, passed as the
@@ -151,15 +153,16 @@ def calibrate_input_ranges(model: nn.Module, batches: Iterable, percentile: Opti
     was_training = model.training
     model.eval()
     try:
-        n = 0
-        for batch in batches:
-            if forward is not None:
-                forward(model, batch)
-            elif isinstance(batch, dict):
-                model(**batch)
-            else:
-                model(batch)
-            n += 1
+        with ideal_state(model):
+            n = 0
+            for batch in batches:
+                if forward is not None:
+                    forward(model, batch)
+                elif isinstance(batch, dict):
+                    model(**batch)
+                else:
+                    model(batch)
+                n += 1
         if n == 0:
             raise ValueError("calibrate_input_ranges: `batches` yielded no batch")
     finally:

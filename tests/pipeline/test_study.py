@@ -49,8 +49,22 @@ def test_rerun_with_different_config_is_refused(setup, capsys):
     out = root / "out2"
     out.mkdir()
     (out / "config.yaml").write_text("tasks: [rte]\n")
+    (out / "checkpoints" / "rte" / "digital").mkdir(parents=True)  # a run produced something here
     assert main(["study", str(_config(root, glue, model_dir)), "--out", str(out)]) == 2
     assert "different config" in capsys.readouterr().err
+
+
+def test_a_failed_first_run_does_not_lock_the_folder_against_the_corrected_config(setup, capsys):
+    root, glue, model_dir = setup
+    out = root / "out-failed-first"
+    bad = _config(root, glue, root / "no-such-model")
+    assert main(["study", str(bad), "--out", str(out), "--no-progress"]) == 2
+    assert "no-such-model" in capsys.readouterr().err
+    assert (out / "config.yaml").is_file() and not (out / "results.jsonl").exists()
+    good = _config(root, glue, model_dir, tasks=["sst2"], conditions=["digital"],
+                   sweep={"times_seconds": [1], "repeats": 1, "calibration_batches": 1, "eval_batch_size": 8})
+    assert main(["study", str(good), "--out", str(out), "--no-progress"]) == 0
+    assert "no-such-model" not in (out / "config.yaml").read_text()
 
 
 def test_a_study_can_be_extended_and_gives_the_records_of_a_fresh_run(setup):

@@ -46,3 +46,25 @@ def test_undefined_metrics_are_stored_as_null_and_named_in_the_tables(tmp_path):
     assert "70.00 ± 10.00 (1 of 3 undefined)" in md
     with pytest.raises(ValueError, match="metric 'accuracy' is inf: an evaluation produced an infinite value"):
         log.write(_rec(5, float("inf")))
+
+
+def test_a_truncated_last_line_is_repaired_atomically_and_only_by_the_owner(tmp_path):
+    path = tmp_path / "results.jsonl"
+    log = RecordLog(path)
+    log.write(_rec(0, 0.5))
+    text = path.read_text()
+    path.write_text(text + '{"task": "sst2", "cond')  # killed mid-write
+    with pytest.warns(UserWarning, match="skipping a truncated last record"):
+        assert len(RecordLog(path, repair=False).records) == 1
+    assert path.read_text().endswith('"cond')  # a reader (merge) leaves another study's file alone
+    with pytest.warns(UserWarning):
+        assert len(RecordLog(path).records) == 1
+    assert path.read_text() == text and not (tmp_path / "results.jsonl.tmp").exists()
+
+
+def test_a_file_without_its_final_newline_gets_no_glued_record(tmp_path):
+    path = tmp_path / "results.jsonl"
+    RecordLog(path).write(_rec(0, 0.5))
+    path.write_text(path.read_text().rstrip("\n"))  # edited by hand
+    RecordLog(path).write(_rec(1, 0.5))
+    assert [r["repeat"] for r in RecordLog(path).records] == [0, 1]

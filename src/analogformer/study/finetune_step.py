@@ -140,14 +140,17 @@ def hwa_model(cfg, data, base: nn.Module, digital: nn.Module, tok, out: Path, pr
     return data.task.load_trained(path), extra["ranges"]
 
 
-def load_reused(data, path: Path) -> nn.Module:
+def load_reused(data, path: Path, load=None) -> nn.Module:
     """A checkpoint the study saved earlier, readable and finite, or an error naming the
-    folder to delete so the step re-makes it."""
+    folder to delete so the step re-makes it. `load(path)` reads it (default: the task's
+    `load_trained`)."""
     fix = f"delete the folder {path} and run the study again to re-make it"
     try:
-        model = data.task.load_trained(path)
+        model = (load or data.task.load_trained)(path)
     except Exception as e:  # a truncated / corrupt file fails in safetensors, json or torch
-        raise ValueError(f"the checkpoint {path} cannot be read ({type(e).__name__}: {e}); {fix}") from None
+        e = e.__cause__ or e  # the reader's own error, not the advice for a user-given model
+        first = (str(e).splitlines() or [""])[0][:300]
+        raise ValueError(f"the checkpoint {path} cannot be read ({type(e).__name__}: {first}); {fix}") from None
     return require_finite(model, f"the checkpoint {path}", fix)
 
 

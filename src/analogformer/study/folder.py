@@ -5,7 +5,10 @@
   an error naming that process, so two runs never write the same records.
 * One study per folder: ``config.yaml`` is the config of the records there. A re-run with
   the same config resumes; one that only grows `EXTENDABLE` lists (tasks, conditions, time
-  points, repeats, retraining seeds) adds what is missing; any other change is refused.
+  points, repeats, retraining seeds) adds what is missing; any other change is refused once
+  the folder holds results (a record or a checkpoint). A folder whose first run failed
+  before producing any (a bad model path, a typo in the data folder) takes the corrected
+  config.
 * A checkpoint is reused only if it is complete, readable and finite (`checkpoint_saved`,
   `require_finite`); otherwise the error names the folder to delete to re-make it.
 """
@@ -13,13 +16,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List
 
-import torch
 import yaml
 from torch import nn
 
 from ..logs import get_logger
+from ..training.checkpoint import nonfinite_parameters
 from .config import EXTENDABLE, StudyConfig, config_changes, dump_study_config
 
 try:
@@ -28,6 +30,7 @@ except ImportError:  # pragma: no cover - Windows: no advisory locks, one proces
     fcntl = None
 
 logger = get_logger(__name__)
+GIVEN = ".given"  # marks a checkpoint the user supplied (evaluate / prune), not one a run made
 
 
 class StudyFolder:
@@ -68,9 +71,12 @@ class StudyFolder:
             self._lock = None
 
     def has_results(self) -> bool:
-        """Whether a run has produced anything here (a record or a checkpoint)."""
+        """Whether a run has produced anything here: a record, or a checkpoint it made (a
+        checkpoint `analogformer evaluate` / `prune` copied in is marked `GIVEN` and is not
+        a result)."""
         results = self.out / "results.jsonl"
-        return (results.is_file() and results.stat().st_size > 0) or (self.out / "checkpoints").is_dir()
+        made = [c for c in (self.out / "checkpoints").glob("*/*") if c.is_dir() and not (c / GIVEN).exists()]
+        return (results.is_file() and results.stat().st_size > 0) or bool(made)
 
     def write_config(self, cfg: StudyConfig) -> None:
         """Write config.yaml, or refuse to mix results of a different config into the folder."""
@@ -78,7 +84,11 @@ class StudyFolder:
         path = self.out / "config.yaml"
         if path.exists() and path.read_text() != text:
             changes = config_changes(yaml.safe_load(path.read_text()) or {}, yaml.safe_load(text))
-            if changes:
+            if changes and not self.has_results():
+                # a run that failed before its first checkpoint or record: nothing to protect
+                logger.info(f"{self.out} holds no results yet: its config.yaml is replaced "
+                            f"(changed: {changes[:5]})")
+            elif changes:
                 raise ValueError(f"{self.out} holds a study run with a different config (changed: "
                                  f"{changes[:5]}); choose another --out folder, or delete the folder "
                                  f"to start over (a study may only add to {', '.join(EXTENDABLE)})")
@@ -89,12 +99,6 @@ def checkpoint_saved(path: Path) -> bool:
     """A saved model in `path`: one safetensors file, or the index of a sharded one."""
     path = Path(path)
     return (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
-
-
-def nonfinite_parameters(model: nn.Module) -> List[str]:
-    """Names of the parameters and buffers holding a NaN or an infinity."""
-    named = list(model.named_parameters()) + list(model.named_buffers())
-    return [n for n, t in named if t is not None and t.is_floating_point() and not torch.isfinite(t).all()]
 
 
 def require_finite(model: nn.Module, what: str, fix: str) -> nn.Module:

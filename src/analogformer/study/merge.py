@@ -106,7 +106,7 @@ def merge_studies(sources: Sequence[str | Path], out: str | Path) -> Path:
     records: Dict[tuple, dict] = {}
     origin: Dict[tuple, Path] = {}
     for s in sources:
-        for r in RecordLog(s / "results.jsonl").records:
+        for r in RecordLog(s / "results.jsonl", repair=False).records:
             k = record_key(r)
             if k in records and records[k].get("metrics") != r.get("metrics"):
                 raise ValueError(f"record {k} differs between {origin[k]} and {s} "

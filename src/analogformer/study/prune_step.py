@@ -29,14 +29,20 @@ from ..pruning import (calibrate, capture_frames, compact, find_targets, kept_un
                        load_compacted, reconstruct)
 from ..report.figures import plot_delta_heatmap, plot_product_curves, plot_tile_layout
 from ..training.finetune import finetune, save_checkpoint, total_steps
-from .finetune_step import log_evals
+from .finetune_step import load_reused, log_evals
+from .folder import checkpoint_saved
 from .records import RecordLog
 
 logger = get_logger(__name__)
 
 
-def _load_pruned(path: Path) -> nn.Module:
-    return load_compacted(str(path)).eval()
+def _load_pruned(data, path: Path) -> nn.Module:
+    return load_reused(data, path, lambda p: load_compacted(str(p)).eval())
+
+
+def _pct(value) -> str:
+    """A headline in percent for the log; a record's undefined (null) headline as such."""
+    return "undefined" if value is None else f"{100 * value:.2f}"
 
 
 def ratio_tag(ratio: float) -> str:
@@ -66,7 +72,7 @@ def pruned_models(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progr
         ratio = _ratio(pc)
         key = pruned_model_key(ratio if p.ratios else None)
         path = _pruned_path(out, data, p, ratio)
-        saved = is_main and (path / "model.safetensors").exists()
+        saved = is_main and checkpoint_saved(path)
         # a later round of this method still to run starts from this round's retrained model
         later = p.schedule.rounds and any(not _done(data, log, out, p, l2, _ratio(pc2), m2)
                                           for l2, pc2, m2 in runs[i + 1:] if l2 == label)
@@ -74,7 +80,7 @@ def pruned_models(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progr
         if _done(data, log, out, p, label, ratio, is_main) and not later:
             if saved:
                 logger.info(f"{data.name}: reusing pruned checkpoint {path}")
-                result[key] = _load_pruned(path)
+                result[key] = _load_pruned(data, path)
             continue
         if saved and later:
             logger.info(f"{data.name}: {label} ratio {ratio:.3f} is recorded; retraining its first seed again "
@@ -85,7 +91,7 @@ def pruned_models(cfg, data, models: Dict[str, nn.Module], tok, out: Path, progr
             rounds[label] = (copy.deepcopy(model) if is_main and not saved else model,
                              model.analogformer_masks)
         if is_main:  # more seeds, or the first seed again for the next round: a saved model stands
-            result[key] = _load_pruned(path) if saved else _save_pruned(cfg, data, source, model, pc, path,
+            result[key] = _load_pruned(data, path) if saved else _save_pruned(cfg, data, source, model, pc, path,
                                                                         tok, out, calib, ratio)
     return result
 
@@ -123,7 +129,7 @@ def _save_pruned(cfg, data, source: nn.Module, model: nn.Module, pc, path: Path,
     _tile_comparison(cfg, source, model, out, data.name if not p.ratios else f"{data.name}@{ratio_tag(ratio)}")
     if pc.criterion == "mac" and not (out / f"mac_delta_{data.name}.png").exists():
         _mac_pictures(copy.deepcopy(source), calib, pc, out, data.name)
-    return _load_pruned(path)
+    return _load_pruned(data, path)
 
 
 def _ratio(pc) -> float:
@@ -139,7 +145,7 @@ def _pruned_path(out: Path, data, p, ratio: float) -> Path:
 def _done(data, log: RecordLog, out: Path, p, label: str, ratio: float, is_main: bool) -> bool:
     """Whether a (method, ratio) run has nothing left to do: every retraining seed recorded
     and, for the main method, its pruned model saved."""
-    return ((not is_main or (_pruned_path(out, data, p, ratio) / "model.safetensors").exists())
+    return ((not is_main or checkpoint_saved(_pruned_path(out, data, p, ratio)))
             and all(_retrained_recorded(data, log, label, ratio, k) for k in range(p.seeds_at(ratio))))
 
 
@@ -219,7 +225,7 @@ def _prune_retrain(cfg, data, source: nn.Module, pc, label: str, ratio: float, s
     after_prune, held = cfg.pruning.schedule.prune(job)
     logger.info(f"{data.name}: pruned {label} ratio {ratio:.3f} on {list(pc.blocks)}: "
                 + ("" if start is None else "from the previous round's retrained model, ")
-                + f"{100 * job.dense:.2f} -> {100 * after_prune:.2f}")
+                + f"{_pct(job.dense)} -> {_pct(after_prune)}")
     if pc.scope == "global" and pc.structure in ("rows", "columns") and held.fixed:
         logger.info(f"{job.name}: {pc.structure} kept per matrix: "
                     + "; ".join(f"{b} {v}" for b, v in kept_units(job.model, pc, held.masks).items()))
@@ -237,7 +243,7 @@ def _refit(job: StudyPruneJob, masks) -> None:
                        output_error={n: [e["masked"], e["reconstructed"]] for n, e in errs.items()})
     logger.info(f"{job.name}: least-squares refit of {len(errs)} matrices "
                 f"(relative output error {mean('masked'):.4f} -> {mean('reconstructed'):.4f}): "
-                f"{100 * refit:.2f}")
+                f"{_pct(refit)}")
 
 
 def _retrain(job: StudyPruneJob, held, skip_first: bool):
@@ -269,13 +275,14 @@ def _retrain(job: StudyPruneJob, held, skip_first: bool):
         tag = f" (seed {fk.seed})" if seeds > 1 else ""
         log_evals(data.name, f"{label} ratio {ratio:.3f} retraining{tag}", hist)
         scores.append(job.record("retrained", m, repeat=k, **_selection(hist, fk)))
-        logger.info(f"{job.name} after retraining{tag} {100 * scores[-1]:.2f}")
+        logger.info(f"{job.name} after retraining{tag} {_pct(scores[-1])}")
         if k:
             del m  # only the first seed's model goes on
-    if len(scores) > 1:
+    defined = [v for v in scores if v is not None]  # a resumed record's headline may be null
+    if len(defined) > 1:
         logger.info(f"{job.name} after retraining, {len(scores)} seeds: "
-                    f"{100 * statistics.mean(scores):.2f} (sd {100 * statistics.stdev(scores):.2f}; "
-                    f"{', '.join(f'{100 * v:.2f}' for v in scores)})")
+                    f"{100 * statistics.mean(defined):.2f} (sd {100 * statistics.stdev(defined):.2f}; "
+                    f"{', '.join(_pct(v) for v in scores)})")
     return masks
 
 
@@ -292,7 +299,7 @@ def _control(cfg, data, source: nn.Module, log: RecordLog, progress: bool) -> No
                     higher_is_better=data.higher_is_better)
     log_evals(data.name, "control retraining", hist)
     value = _record(data, log, "prune-none:retrained", "retrained", model, 0.0, "none", **_selection(hist, fcfg))
-    logger.info(f"{data.name}: control (dense, retrained) {100 * value:.2f}")
+    logger.info(f"{data.name}: control (dense, retrained) {_pct(value)}")
 
 
 def _selection(hist, fcfg) -> dict:

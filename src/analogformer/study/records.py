@@ -27,7 +27,11 @@ def record_key(r: dict) -> Tuple:
 class RecordLog:
     """Append-only JSON-lines record file; knows which records are already there."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, repair: bool = True):
+        """Load `path` if it exists. A truncated last line (the write in flight when a run
+        was killed) is skipped, and with `repair` (the study that owns the folder) the file
+        is rewritten without it — atomically, through a temporary file; readers of another
+        study's folder (`merge`) pass `repair=False` and leave it untouched."""
         self.path = Path(path)
         self.records: List[dict] = []
         if self.path.exists():
@@ -39,13 +43,12 @@ class RecordLog:
                 try:
                     self.records.append(json.loads(line))
                 except json.JSONDecodeError:
-                    if i == len(lines):  # the write in flight when a run was killed
-                        warnings.warn(f"{self.path}:{i}: skipping a truncated last record")
-                        with self.path.open("w") as f:
-                            f.write("".join(l + "\n" for l in lines[:i - 1] if l.strip()))
-                    else:
+                    if i != len(lines):
                         raise ValueError(f"{self.path}:{i}: corrupt record in the middle of the file; "
                                          "fix or remove that line") from None
+                    warnings.warn(f"{self.path}:{i}: skipping a truncated last record")
+                    if repair:
+                        self._rewrite(lines[:i - 1])
         self.done = set()
         first = {}
         for i, r in enumerate(self.records):
@@ -56,6 +59,14 @@ class RecordLog:
                                  "one of the two lines (they are seeded alike), or delete the folder to start over")
             first[k] = i
             self.done.add(k)
+
+    def _rewrite(self, lines: List[str]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w") as f:
+            f.write("".join(l + "\n" for l in lines if l.strip()))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)  # a kill now leaves the old file or the new one, never neither
 
     def has(self, key: Tuple) -> bool:
         """`key` as record_key; a 4-tuple (no prune ratio) means prune_ratio None."""
@@ -70,8 +81,13 @@ class RecordLog:
         record = {**record, "metrics": {m: _finite_or_null(m, v) for m, v in record["metrics"].items()},
                   "headline": _finite_or_null("headline", record["headline"])}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record, allow_nan=False) + "\n")
+        with self.path.open("a+b") as f:
+            # a file edited by hand may lack its final newline: never glue two records
+            start = b""
+            if f.seek(0, os.SEEK_END) > 0:
+                f.seek(-1, os.SEEK_END)
+                start = b"" if f.read(1) == b"\n" else b"\n"
+            f.write(start + (json.dumps(record, allow_nan=False) + "\n").encode())
             f.flush()
             os.fsync(f.fileno())
         self.records.append(record)

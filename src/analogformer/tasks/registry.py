@@ -132,7 +132,7 @@ def _loading(source):
                 f"{str(source)!r} is neither a local folder nor reachable on the Hugging Face hub")
         raise ValueError(f"cannot load the model: {what} ({type(e).__name__}: {first}). "
                          "Pass a folder holding config.json, the weights and the tokenizer (e.g. a study's "
-                         "checkpoints/<task>/digital), or a hub name with the hub reachable") from None
+                         "checkpoints/<task>/digital), or a hub name with the hub reachable") from e
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, ClassVar, Iterable
 
 import torch
@@ -25,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .averaging import WeightAverage
+from .checkpoint import device_of as _device_of, nonfinite_parameters, predict, save_checkpoint, to_device as _to
 from .distill import augment_tokens, distillation_loss, hidden_distillation_loss
 
 __all__ = ["FinetuneConfig", "FinetuneHistory", "distillation_loss", "hidden_distillation_loss", "augment_tokens",
@@ -170,14 +170,6 @@ def _linear_warmup_decay(total_steps: int, warmup_steps: int) -> Callable[[int],
     return factor
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
-
-
 def unlabelled(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The model inputs of a batch: everything but its labels (calibration, teachers)."""
     return {k: v for k, v in batch.items() if k != "labels"}
@@ -319,6 +311,8 @@ class _Loop:
         """One optimizer step on `batch`; returns its loss."""
         cfg, model = self.cfg, self.model
         loss = self.loss(batch)
+        if not torch.isfinite(loss.detach()).all():
+            raise _nonfinite_loss(model, loss, len(self.history.losses) + 1, self.total)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.augment:
@@ -359,27 +353,11 @@ class _Loop:
         return history
 
 
-def predict(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]]
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logits, labels)`` over the loader, in loader order (eval mode, no grad)."""
-    was_training = model.training
-    model.eval()
-    device = _device_of(model)
-    logits, labels = [], []
-    with torch.no_grad():
-        for batch in loader:
-            batch = _to(batch, device)
-            labels.append(batch.pop("labels").cpu())
-            logits.append(model(**batch).logits.float().cpu())
-    model.train(was_training)
-    return torch.cat(logits), torch.cat(labels)
-
-
-def save_checkpoint(model: nn.Module, tokenizer, path: str | Path) -> Path:
-    """Save model (safetensors) and tokenizer to the folder ``path``; returns it."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(path)
-    return path
+def _nonfinite_loss(model: nn.Module, loss: torch.Tensor, step: int, total: int) -> FloatingPointError:
+    bad = nonfinite_parameters(model)
+    cause = (f"the model holds non-finite values in {bad[:5]}{' …' if len(bad) > 5 else ''} (a broken "
+             "checkpoint: re-create it)" if bad else
+             "the weights are finite, so the step before diverged: lower finetune.learning_rate or set "
+             "finetune.max_grad_norm")
+    return FloatingPointError(f"fine-tuning stopped at optimizer step {step} of {total}: the training loss "
+                              f"is {float(loss.detach())}; {cause}. Nothing was saved.")
