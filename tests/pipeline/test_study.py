@@ -100,6 +100,7 @@ def test_output_dir_of_an_older_version_is_resumable(tmp_path):
     old = yaml.safe_load(dump_study_config(cfg))
     del old["sweep"]["times_per_condition"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    (tmp_path / "checkpoints" / "sst2" / "digital").mkdir(parents=True)  # the folder holds results
     check_output_dir(tmp_path, cfg)  # accepted, and rewritten in the new form
     assert "times_per_condition" in (tmp_path / "config.yaml").read_text()
     with pytest.raises(ValueError, match=r"sweep.repeats"):

@@ -90,7 +90,7 @@ def test_an_empty_yaml_runs_nothing_by_default(tmp_path):
     ({"tasks": ["sst2", "SST-2"]}, "tasks: 'SST-2' evaluates 'sst2' (sst2 dev), which 'sst2' evaluates already"),
     ({"tasks": ["mnli", "mnli-m"]}, "tasks: 'mnli-m' evaluates"),
     ({"sweep": {"times_seconds": [1, 3600, 1.0]}}, "times_seconds: lists [1.0] more than once"),
-    ({"tasks": [1]}, "tasks: expected Tuple[str, ...], got list [1]"),
+    ({"tasks": [1]}, "tasks: a task is a name, got int 1; registered tasks: ["),
 ])
 def test_duplicates_in_lists_are_refused(over, message):
     with pytest.raises(ValueError, match=re.escape(message)):
