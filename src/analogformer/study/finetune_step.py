@@ -119,7 +119,7 @@ def hwa_model(cfg, data, base: nn.Module, digital: nn.Module, tok, out: Path, pr
         fk: FinetuneConfig = replace(fcfg, seed=fcfg.seed + k)
         model = copy.deepcopy(digital if h.init_from == "digital" else base)
         analogize(model, copy.deepcopy(cfg.analog))
-        prepare_hwa(model, h.recipe, calib_batches=data.calib)
+        prepare_hwa(model, h.recipe, calib_batches=data.calib, seed=fk.seed)
         t = time.time()
         hist = finetune(model, data.train_loader(fk.batch_size, fk.seed + 7), fk,
                         after_step=hwa_after_step(h.recipe), progress=progress,

@@ -17,9 +17,8 @@ in PACT), output noise and ADC. This module adds the weight-noise hook
 (`AnalogLinear.weight_noise`), clipping after each optimizer step, range initialisation
 from data and optimizer parameter groups. All noise is additive and detached, so the
 gradient reaches the weights straight through; it is drawn from the global torch RNG and
-resampled on every forward (the ADC output noise as a window at a fresh random offset of a
-shared pool, `HWAConfig.output_noise_pool`).
-"""
+resampled on every forward (the ADC output noise: a window at a fresh random offset of a
+pool drawn once from `prepare_hwa(seed=)`, `HWAConfig.output_noise_pool`)."""
 from __future__ import annotations
 
 import itertools
@@ -34,6 +33,7 @@ from ..config import PCMConfig
 from ..inference import calibrate_input_ranges
 from ..nn.convert import analog_layers
 from ..nn.linear import AnalogLinear
+from ..seeding import derive_seed
 
 __all__ = ["HWAConfig", "GaussianWeightNoise", "PCMWeightNoise", "prepare_hwa", "remove_hwa",
            "clip_weights", "clamp_input_ranges", "hwa_after_step", "param_groups",
@@ -241,14 +241,14 @@ def _check_cfg(cfg, verb: str) -> None:
 
 
 def prepare_hwa(model: nn.Module, hwa_cfg: HWAConfig,
-                calib_batches: Optional[Iterable] = None) -> nn.Module:
+                calib_batches: Optional[Iterable] = None, seed: int = 0) -> nn.Module:
     """Set an analogized model up for HWA training, in place; returns it.
 
     Installs the weight-noise hook on every AnalogLinear (active in train mode only),
     initialises DAC ranges (from `calib_batches`, dicts of model kwargs or tensors, when
     `input_range_init="data"`), sets their requires_grad, adds output scales if
-    configured, and clips the weights once. Calling it again replaces the previous setup.
-    """
+    configured, clips the weights once; the output-noise pool comes from `seed` alone (not
+    the global RNG: a resumed run trains the same model). Calling it again replaces it."""
     _check_cfg(hwa_cfg, "prepare_hwa")
     layers = _require_analog(model, "prepare_hwa")
     if hwa_cfg.input_range_init == "data":
@@ -261,7 +261,8 @@ def prepare_hwa(model: nn.Module, hwa_cfg: HWAConfig,
     pool = None
     if hwa_cfg.output_noise_pool is not None and any(
             layer.config.adc.output_noise_std is not None for _, layer in layers):
-        pool = torch.randn(hwa_cfg.output_noise_pool, device=layers[0][1].weight.device)
+        gen = torch.Generator().manual_seed(derive_seed(int(seed), "<hwa output-noise pool>"))
+        pool = torch.randn(hwa_cfg.output_noise_pool, generator=gen).to(layers[0][1].weight.device)
     for _, layer in layers:
         layer.weight_noise = _make_noise(hwa_cfg, layer)
         layer._train_noise_pool = pool
@@ -310,11 +311,9 @@ def input_range_parameters(model: nn.Module) -> List[nn.Parameter]:
 @torch.no_grad()
 def clip_weights(model: nn.Module, hwa_cfg: HWAConfig) -> nn.Module:
     """Clip every AnalogLinear weight in place per `hwa_cfg.clip` (no-op when None).
-
-    "fixed": |W| ≤ clip_value. "sigma": |W| ≤ clip_sigma·std(W), the population std of
-    the layer (granularity "layer") or of each output column = weight row ("column"),
-    taken before clipping.
-    """
+    "fixed": |W| ≤ clip_value. "sigma": |W| ≤ clip_sigma·std(W), the population std of the
+    layer (granularity "layer") or of each output column = weight row ("column"), before
+    clipping."""
     _check_cfg(hwa_cfg, "clip_weights")
     layers = _require_analog(model, "clip_weights")
     if hwa_cfg.clip is None:
