@@ -1,4 +1,4 @@
-"""`analogformer` command line: study, evaluate, prune, map, report, merge, demo."""
+"""`analogformer` command line: study, evaluate, prune, diagnose, map, report, merge, demo."""
 from __future__ import annotations
 
 import argparse
@@ -64,6 +64,14 @@ def cmd_prune(a) -> int:
     if a.config is None or load_study_config(a.config).pruning is None:
         extra.append(("pruning", {}))  # defaults: MAC-contribution rows of FC2, ratio 1/6
     return _study_on_checkpoint(a, ["digital", "pruned"], extra)
+
+
+def cmd_diagnose(a) -> int:
+    """The headline with each non-ideality alone on and alone off: table, chart, records."""
+    from .diagnose.target import command
+    print(command(a.target, a.task, a.out, a.times, a.repeats, a.config, a.glue_dir, a.overrides,
+                  progress=not a.no_progress, effects=a.effects))
+    return 0
 
 
 def cmd_map(a) -> int:
@@ -139,6 +147,11 @@ def _condition_names() -> List[str]:
     return list(CONDITIONS)
 
 
+def _effect_names() -> List[str]:
+    from .diagnose.effects import EFFECTS
+    return list(EFFECTS)
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Defaults shown; lines never broken inside a hyphenated name (analog-nocomp, hwa-int8)."""
 
@@ -194,6 +207,28 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     _add_set(pr)
     pr.set_defaults(func=cmd_prune)
+
+    dg = sub.add_parser("diagnose", help="which non-ideality costs how much: the headline with each one alone on "
+                                         "and alone off, a table and a bar chart", formatter_class=fmt,
+                        description="Evaluate a model on tiles with every non-ideality of its analog config (DAC, "
+                                    "ADC, output noise, programming noise, drift, read noise, compensation, ...) "
+                                    "alone on and alone off, over device instances; writes diagnosis.md, "
+                                    "diagnosis.png and diagnosis.jsonl to --out. Re-running resumes.",
+                        epilog="See docs/diagnose.md for what each row means.")
+    dg.add_argument("target", help="a study YAML (its model, task, data and analog config; its fine-tuned "
+                                   "checkpoints/<task>/digital if the study made one) or a saved model folder "
+                                   "fine-tuned for --task")
+    dg.add_argument("--task", help="registered task, e.g. sst2; needed with a model folder (a study YAML: its task)")
+    dg.add_argument("--out", help="output folder; needed with a model folder (a study YAML: <output_dir>/diagnosis/<task>)")
+    dg.add_argument("--times", default="1,2592000", help="comma-separated seconds since programming")
+    dg.add_argument("--repeats", type=int, default=4, help="device instances per programmed row and time point")
+    dg.add_argument("--effects", help=f"comma-separated non-idealities to switch, of: {', '.join(_effect_names())}; "
+                                      "not given = all")
+    dg.add_argument("--config", help="study YAML for analog/data settings when TARGET is a model folder (optional)")
+    dg.add_argument("--glue-dir", help="local GLUE folder (default: the config's data.glue_dir)")
+    dg.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    _add_set(dg)
+    dg.set_defaults(func=cmd_diagnose)
 
     m = sub.add_parser("map", help="tile mapping of any HF model config (no weights needed)", formatter_class=fmt)
     m.add_argument("model", help=f"preset ({', '.join(PRESET_CONFIGS)}), a folder with config.json, or a hub name")

@@ -8,11 +8,13 @@ errors that list the allowed ones.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 # the one table of what stays digital (heads, poolers, embedding projections)
 from .nn.targets import DEFAULT_EXCLUDE
@@ -96,11 +98,16 @@ class PCMConfig:
     """p of Q_s."""
     read_noise_cap: float = 0.2
     """cap of Q_s."""
+    read_noise_time: str = "t"
+    """Time the 1/f read noise has accumulated over: "t" (SPEC §2, σ_nG ∝ sqrt(ln((t + t_read)/
+    (2·t_read))), none right after programming) or "t_plus_t0" (aihwkit's `PCMLikeNoiseModel`: t + t0
+    in that formula, the noise since programming started, so a read at t = 0 is already noisy)."""
 
     def __post_init__(self):
         for n in ("g_max_us", "t0_seconds", "t_read_seconds"):
             check_positive(self, n)
         check_nonneg(self, "gamma")
+        check_choice(self, "read_noise_time", {"t", "t_plus_t0"})
         self.prog_coeffs_us = tuple(float(c) for c in self.prog_coeffs_us)
         if len(self.prog_coeffs_us) != 3:
             fail("PCMConfig", "prog_coeffs_us", "needs exactly 3 coefficients (c0, c1, c2)")
@@ -139,7 +146,7 @@ class TileConfig:
 
 @dataclass
 class DACConfig:
-    """Input DAC: `bits` symmetric levels over a per-layer range [-r, r]."""
+    """Input DAC: `bits` symmetric levels over a range [-r, r] per layer, or per token (noise management)."""
 
     bits: Optional[int] = 8
     """Resolution of the input DAC; None switches the DAC off entirely (no clipping, no
@@ -148,15 +155,20 @@ class DACConfig:
     """Initial range r of every layer; normally replaced by a range set from data
     (`calibrate_input_ranges`, the study's `sweep.calibration_percentile`)."""
     input_scaling: str = "static"
-    """"static" uses the layer's range r (SPEC §3: set from data, learned in HWA training,
-    frozen for inference); "absmax" scales every input vector (token) by its own max |x| in
-    the digital periphery before the DAC and back after the ADC — aihwkit's "noise
-    management", the usual choice for models not trained with HWA ranges."""
+    """The DAC range r (aihwkit's "noise management"): "static" = the layer's r (SPEC §3: from data,
+    learned in HWA training, frozen for inference); "absmax_tile" = per token and row tile, max |x| of
+    the token's inputs on that tile (aihwkit's AbsMax: each tile manages its own inputs); "absmax_layer"
+    = per token, max |x| over the whole layer input, shared by its row tiles (ours). Absmax ranges scale
+    inputs digitally before the DAC and back after the ADC. "absmax" = deprecated name of "absmax_layer"."""
 
     def __post_init__(self):
         check_positive(self, "bits", allow_none=True, integer=True)
         check_positive(self, "init_range")
-        check_choice(self, "input_scaling", {"static", "absmax"})
+        if self.input_scaling == "absmax":
+            warnings.warn('DACConfig.input_scaling="absmax" is deprecated: it is "absmax_layer" (one range per token '
+                          'over the layer); "absmax_tile" is aihwkit\'s AbsMax', DeprecationWarning, stacklevel=3)
+            self.input_scaling = "absmax_layer"
+        check_choice(self, "input_scaling", {"static", "absmax_tile", "absmax_layer"})
 
 
 @dataclass
@@ -170,17 +182,31 @@ class ADCConfig:
     output_noise_std: Optional[float] = 0.04
     """Gaussian read-out noise per tile output, in the same units; None = off."""
     noise_pool_size: Optional[int] = 2 ** 23
-    """In programmed inference, output noise is read from a pool of this many i.i.d. N(0, 1)
-    samples drawn at `program` time (one pool per model), at a random offset per call: all
-    values within one call are distinct draws, and the pool spares the CPU a `randn` that
-    costs ~30 % of a 512×512 matmul. None draws fresh noise on every call (training always
-    does)."""
+    """In programmed inference, output noise is read from a pool of this many i.i.d. N(0, 1) samples
+    drawn at `program` time (one pool per model), at a random offset per call: all values within one
+    call are distinct draws, and the pool spares the CPU a `randn` that costs ~30 % of a 512×512
+    matmul. None draws fresh noise on every call (training always does)."""
+    bound_management: Optional[str] = None
+    """None: a read beyond the ADC range is clipped. "iterative" (aihwkit's bound management): when a
+    token's read of a tile reaches the ADC's full-scale code at any output of that tile, the token's
+    input slice is halved and the tile read again (the result doubled back digitally), until no
+    output is at full scale or `bound_management_max_iters` re-reads were made."""
+    bound_management_max_iters: int = 4
+    """Most re-reads of one tile read under "iterative" bound management (inputs down to 2^-N). aihwkit stops
+    at a factor > 0.25·(DAC levels) (`max_bm_res`) or > 1000: 4 re-reads with a 7-bit DAC, 5 with 8 bits."""
 
     def __post_init__(self):
         check_positive(self, "bits", allow_none=True, integer=True)
         check_positive(self, "bound")
         check_positive(self, "output_noise_std", allow_none=True)
         check_positive(self, "noise_pool_size", allow_none=True, integer=True)
+        if self.bound_management not in (None, "iterative"):
+            fail("ADCConfig", "bound_management", f"must be null (off) or 'iterative', got {self.bound_management!r}")
+        elif self.bound_management is not None and self.bits is None:
+            fail("ADCConfig", "bound_management", "re-reads tiles that saturate the ADC, and bits=None has "
+                 "no ADC range: set bound_management to null or give the ADC bits")
+        check_positive(self, "bound_management_max_iters", integer=True)
+        self.bound_management_max_iters = int(self.bound_management_max_iters)
 
 
 @dataclass
@@ -197,11 +223,11 @@ class CompensationConfig:
         check_choice(self, "granularity", {"tile", "column"})
 
 
-
-
 @dataclass
 class AnalogConfig:
-    """Everything `analogize` needs: device, tiles, periphery, compensation, targets."""
+    """Everything `analogize` needs: device, tiles, periphery, compensation, targets. In YAML,
+    `analog: {preset: NAME, ...}` starts from a named preset (`PRESETS`: spec, aihwkit-inference, llm)
+    and applies the other keys over it, section by section."""
 
     pcm: PCMConfig = field(default_factory=PCMConfig)
     """The PCM device model (noise, drift)."""
@@ -238,25 +264,63 @@ class AnalogConfig:
     def ideal(cls) -> "AnalogConfig":
         """Every non-ideality off: an analogized model computes exactly what nn.Linear does."""
         return cls(pcm=PCMConfig(prog_noise=False, drift=False, read_noise=False),
-                   dac=DACConfig(bits=None),
-                   adc=ADCConfig(bits=None, output_noise_std=None),
+                   dac=DACConfig(bits=None), adc=ADCConfig(bits=None, output_noise_std=None),
                    compensation=CompensationConfig(enabled=False))
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "AnalogConfig":
+        """The preset `name` of `PRESETS`, with `overrides` applied over it: a mapping changes only
+        the keys it names (`adc={"bits": 8}`), a config object replaces its section."""
+        return from_dict(cls, {"preset": name, **overrides})
+
+
+# `AnalogConfig.preset(name)` / YAML `analog: {preset: name}`: one entry each, a function returning a fresh config
+PRESETS: Dict[str, Callable[[], AnalogConfig]] = {
+    "spec": AnalogConfig,  # SPEC §2–3: 8-bit DAC over a static range, 10-bit ADC over ±10, noise 0.04
+    # aihwkit's InferenceRPUConfig() defaults: 7-bit DAC, per-tile AbsMax; 9-bit ADC over ±12, iterative
+    # bound management (4 re-reads, where aihwkit's `max_bm_res` stops at 7 bits), output noise 0.06;
+    # PCMLikeNoiseModel (read noise over t + t0); global drift compensation per tile
+    "aihwkit-inference": lambda: AnalogConfig(
+        pcm=PCMConfig(read_noise_time="t_plus_t0"), dac=DACConfig(bits=7, input_scaling="absmax_tile"),
+        adc=ADCConfig(bits=9, bound=12.0, output_noise_std=0.06, bound_management="iterative",
+                      bound_management_max_iters=4)),
+    # decoder LMs (measured on SmolLM2-135M, WikiText-2; docs/periphery.md): SPEC devices, DAC and ADC,
+    # with each column's conductances using the full range (per-column scale), drift compensated per
+    # column, per-token absmax per tile and iterative bound management. Honest: every noise source on.
+    "llm": lambda: AnalogConfig(
+        tile=TileConfig(weight_scale="column"), compensation=CompensationConfig(granularity="column"),
+        dac=DACConfig(input_scaling="absmax_tile"), adc=ADCConfig(bound_management="iterative")),
+}
+
+
+def _expand_preset(data: dict, prefix: str) -> dict:
+    """{"preset": name, **overrides} -> the preset's full dict with the overrides merged in."""
+    name, data = data["preset"], {k: v for k, v in data.items() if k != "preset"}
+    if not isinstance(name, str) or name not in PRESETS:
+        close = difflib.get_close_matches(name, list(PRESETS), 1, 0.5) if isinstance(name, str) else []
+        hint = "".join(f"; did you mean {c!r}?" for c in close)
+        raise ValueError(f"{prefix + '.' if prefix else ''}preset: unknown preset {name!r}{hint} "
+                         f"(presets: {', '.join(PRESETS)})")
+    return _merge(to_dict(PRESETS[name]()), data)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """`base` with `over` applied: nested mappings merge key by key, anything else replaces."""
+    return {**base, **{k: _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                       for k, v in over.items()}}
 
 
 # ---------------------------------------------------------------- dict round trip
 
 def to_dict(cfg) -> dict:
     """Dataclass -> plain dict of builtins (tuples become lists), for YAML."""
+    def plain(x):
+        return to_dict(x) if dataclasses.is_dataclass(x) else x
     out = {}
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(v):
-            v = to_dict(v)
-        elif isinstance(v, tuple):
-            v = [to_dict(x) if dataclasses.is_dataclass(x) else x for x in v]
-        elif isinstance(v, dict):
-            v = {k: (to_dict(x) if dataclasses.is_dataclass(x) else x) for k, x in v.items()}
-        out[f.name] = v
+        out[f.name] = ([plain(x) for x in v] if isinstance(v, tuple) else
+                       {k: plain(x) for k, x in v.items()} if isinstance(v, dict) else plain(v))
     return out
 
 
@@ -268,10 +332,8 @@ def _type_ok(value: Any, tp) -> bool:
         return any(_type_ok(value, a) for a in typing.get_args(tp))
     if tp is type(None):
         return value is None
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float or tp is int:
+        return isinstance(value, (int, float) if tp is float else int) and not isinstance(value, bool)
     if origin in (tuple, list, typing.Tuple, typing.List):
         if not isinstance(value, (list, tuple)):
             return False
@@ -290,17 +352,18 @@ def _type_ok(value: Any, tp) -> bool:
 
 
 def _describe(tp) -> str:
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "").replace("NoneType", "null")
+    return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "").replace("NoneType", "null")
 
 
 def from_dict(cls, data: dict, prefix: str = ""):
-    """Build dataclass `cls` from a dict, strictly: unknown keys and wrong types are errors."""
+    """Build dataclass `cls` from a dict, strictly: unknown keys and wrong types are errors. An
+    AnalogConfig mapping may name a `preset`, which the other keys are applied over."""
     if data is None:
         return cls()
     if not isinstance(data, dict):
         raise ValueError(f"{prefix or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    if cls is AnalogConfig and "preset" in data:
+        data = _expand_preset(data, prefix)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -331,7 +394,4 @@ def from_dict(cls, data: dict, prefix: str = ""):
 def _dataclass_in(tp):
     if dataclasses.is_dataclass(tp):
         return tp
-    for a in typing.get_args(tp) or ():
-        if dataclasses.is_dataclass(a):
-            return a
-    return None
+    return next((a for a in typing.get_args(tp) or () if dataclasses.is_dataclass(a)), None)

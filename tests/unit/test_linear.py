@@ -399,7 +399,7 @@ def test_nan_input_caught_in_programmed_inference_and_inf_saturates():
             layer(bad.contiguous().view(2, 3, 100))
 
 
-@pytest.mark.parametrize("dac", [DACConfig(bits=None), DACConfig(input_scaling="absmax")])
+@pytest.mark.parametrize("dac", [DACConfig(bits=None), DACConfig(input_scaling="absmax_layer")])
 def test_nan_input_caught_without_a_static_dac(dac):
     """DAC off or per-token ranges: the outputs are what is checked (±inf may become NaN)."""
     layer, _ = _layer(af.AnalogConfig(dac=dac, tile=TileConfig(rows=40, cols=16)), 100, 30)
@@ -412,7 +412,7 @@ def test_nan_input_caught_without_a_static_dac(dac):
 
 
 def test_absmax_input_scaling_is_scale_invariant_per_token():
-    cfg = af.AnalogConfig(dac=DACConfig(input_scaling="absmax"), adc=ADCConfig(output_noise_std=None),
+    cfg = af.AnalogConfig(dac=DACConfig(input_scaling="absmax_layer"), adc=ADCConfig(output_noise_std=None),
                           tile=TileConfig(rows=40, cols=32))
     layer, _ = _layer(cfg, 100, 30)
     layer.bias.data.zero_()
@@ -435,7 +435,7 @@ def test_absmax_input_scaling_is_scale_invariant_per_token():
         DACConfig(input_scaling="dynamic")
 
 
-@pytest.mark.parametrize("rows, scaling", [(512, "static"), (40, "static"), (40, "absmax")])
+@pytest.mark.parametrize("rows, scaling", [(512, "static"), (40, "static"), (40, "absmax_layer"), (40, "absmax_tile")])
 def test_fused_training_kernels_match_composed_ste(rows, scaling):
     cfg = af.AnalogConfig(adc=ADCConfig(output_noise_std=None), dac=DACConfig(input_scaling=scaling),
                           tile=TileConfig(rows=rows, cols=32))
@@ -454,9 +454,16 @@ def test_fused_training_kernels_match_composed_ste(rows, scaling):
     from analogformer.device.conductance import weight_scales
     scale = weight_scales(wt, layer.col_sizes, False)
     wn = wt / scale.unsqueeze(1)
-    y = torch.stack([xt @ wn[k, :xt.shape[1]]  # each row tile's slice of the inputs
-                     for k, xt in enumerate(torch.split(xd, layer.row_sizes, dim=1))])
-    ref = (adc_quantize(y, 10, 10.0) * (scale.unsqueeze(1) * r)).sum(0) + layer.bias
+    if scaling == "absmax_tile":  # each row tile's slice scaled by its own per-token max
+        parts = [dac_normalize(xt, xt.detach().abs().amax(-1, keepdim=True), 8) @ wn[k, :xt.shape[1]]
+                 for k, xt in enumerate(torch.split(x2, layer.row_sizes, dim=1))]
+        rt = torch.stack([xt.detach().abs().amax(-1, keepdim=True)
+                          for xt in torch.split(x2, layer.row_sizes, dim=1)])
+        ref = (adc_quantize(torch.stack(parts), 10, 10.0) * scale.unsqueeze(1) * rt).sum(0) + layer.bias
+    else:
+        y = torch.stack([xt @ wn[k, :xt.shape[1]]  # each row tile's slice of the inputs
+                         for k, xt in enumerate(torch.split(xd, layer.row_sizes, dim=1))])
+        ref = (adc_quantize(y, 10, 10.0) * (scale.unsqueeze(1) * r)).sum(0) + layer.bias
     rx, rw, rr = torch.autograd.grad(ref, [x, layer.weight, layer.input_range], g, allow_unused=True)
     assert torch.allclose(out, ref, atol=1e-5)
     assert torch.allclose(gx, rx, atol=1e-5) and torch.allclose(gw, rw, atol=1e-5)

@@ -70,14 +70,17 @@ def read_noise_q(g_prog: torch.Tensor, cfg: PCMConfig) -> torch.Tensor:
 
 
 def read_noise_time_factor(t_seconds: float, cfg: PCMConfig) -> float:
-    """sqrt(ln((t + t_read)/(2·t_read))), zero while t ≤ t_read (no 1/f noise accumulated yet)."""
+    """sqrt(ln((t' + t_read)/(2·t_read))), zero while t' ≤ t_read (no 1/f noise accumulated yet);
+    t' = t (SPEC §2) or t + t0 with `read_noise_time="t_plus_t0"` (aihwkit's `PCMLikeNoiseModel`)."""
+    if cfg.read_noise_time == "t_plus_t0":
+        t_seconds = t_seconds + cfg.t0_seconds
     arg = (t_seconds + cfg.t_read_seconds) / (2.0 * cfg.t_read_seconds)
     return math.sqrt(math.log(arg)) if arg > 1.0 else 0.0
 
 
 def read_noise_std(g_drift: torch.Tensor, g_prog: torch.Tensor, t_seconds: float,
                    cfg: PCMConfig) -> torch.Tensor:
-    """σ_nG(t) = γ · g_drift(t) · Q_s(g_prog) · sqrt(ln((t + t_read)/(2·t_read)))."""
+    """σ_nG(t) = γ · g_drift(t) · Q_s(g_prog) · sqrt(ln((t' + t_read)/(2·t_read))), t' = t or t + t0."""
     return cfg.gamma * g_drift * read_noise_q(g_prog, cfg) * read_noise_time_factor(t_seconds, cfg)
 
 

@@ -20,6 +20,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from .periphery import reread_saturated
 from .tile import levels
 
 # rows of one block of the fused inference path: ~4 MB of float outputs, which the
@@ -55,7 +56,7 @@ class _Constants(NamedTuple):
     r: float                     # DAC range
     n_dac: Optional[int]         # DAC levels per side (None: DAC off)
     alpha: float                 # GEMM output -> ADC code units (1 with the DAC on)
-    dac_scale: Optional[torch.Tensor]  # inputs -> DAC codes, 0-dim (None: off / "absmax")
+    dac_scale: Optional[torch.Tensor]  # inputs -> DAC codes, 0-dim (None: off / absmax)
     no_clip: float               # |x| up to this needs no DAC clamp (rounds to at most n_dac)
     noise: Optional[float]       # output-noise std in code units (None: off)
     n_adc: Optional[int]         # ADC levels per side (None: ADC off)
@@ -63,6 +64,8 @@ class _Constants(NamedTuple):
     bias: Optional[torch.Tensor]
     pool_rows: Optional[torch.Tensor]  # the noise pool seen as (P // out, out)
     chunk: int                   # rows per block
+    per_tile: bool               # "absmax_tile": a range per token and row tile
+    bm_iters: Optional[int]      # re-reads of iterative bound management (None: off)
 
 
 class FusedInference:
@@ -99,7 +102,7 @@ class FusedInference:
         noise = c.adc.output_noise_std * code if c.adc.output_noise_std is not None else None
         n_adc = levels(c.adc.bits) if c.adc.bits is not None else None
         dac_scale = None  # a 0-dim tensor: a Python float would be converted on every call
-        if n_dac is not None and c.dac.input_scaling != "absmax":
+        if n_dac is not None and c.dac.input_scaling == "static":
             dac_scale = torch.tensor(n_dac / r, dtype=wn.dtype, device=wn.device)
         # x·(n/r) is within a few ulp of exact, so |x| ≤ r·(1 + 0.25/n) gives codes below
         # n + 0.5, which round to at most n: the clamp would change nothing (a dtype too
@@ -113,7 +116,10 @@ class FusedInference:
                 -1, self.out_features)
         chunk = max(64, _CHUNK_ELEMENTS // max(self.out_features, self.in_features))
         bias = None if self.bias is None else self.bias.detach()
-        const = _Constants(key, r, n_dac, alpha, dac_scale, no_clip, noise, n_adc, tiles, bias, pool_rows, chunk)
+        per_tile = n_dac is not None and c.dac.input_scaling == "absmax_tile" and len(tiles) > 1
+        bm_iters = c.adc.bound_management_max_iters if c.adc.bound_management is not None else None
+        const = _Constants(key, r, n_dac, alpha, dac_scale, no_clip, noise, n_adc, tiles, bias, pool_rows, chunk,
+                           per_tile, bm_iters)
         self._fast = const if self.programmed else None
         return const
 
@@ -126,7 +132,7 @@ class FusedInference:
         ±inf inputs saturate the DAC like any out-of-range input; NaN is an error."""
         const = self._inference_constants()
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        # a static DAC: NaN inputs checked up front (±inf saturate); DAC off or "absmax":
+        # a static DAC: NaN inputs checked up front (±inf saturate); DAC off or absmax:
         # ±inf can turn into NaN on the way (inf·0, inf/inf), so the outputs are checked
         static_dac = const.dac_scale is not None
         clip = True
@@ -149,32 +155,32 @@ class FusedInference:
     def _inference_rows(self, x2, const: _Constants, out, clip: bool = True):
         """`_inference_forward` for one block of rows; writes into `out` when given.
         `clip=False`: no input reaches past the DAC range, so its clamp is skipped."""
-        _, r, n_dac, alpha, dac_scale, _, noise, n_adc, tiles, bias, pool_rows, _ = const
+        _, r, n_dac, alpha, dac_scale, _, noise, n_adc, tiles, bias, pool_rows, _, per_tile, bm_iters = const
         r_tok = None
         if dac_scale is not None:
             xd = torch.mul(x2, dac_scale).round_()
             if clip:
                 xd.clamp_(-n_dac, n_dac)
-        elif n_dac is None:
+        elif n_dac is None or per_tile:
             xd = x2
-        else:  # "absmax": a range per input vector, undone after the ADC
+        else:  # "absmax_layer" (or "absmax_tile" on one row tile): a range per input vector, undone after the ADC
             r_tok = x2.abs().amax(dim=1, keepdim=True).clamp_min_(1e-12)
             xd = (x2 * (n_dac / r_tok)).round_()
-        rows = x2.shape[0]
         single = len(tiles) == 1
         for lo, hi, w, gain in tiles:
-            y = torch.mm(xd if single else xd[:, lo:hi], w)
+            xs = xd if single else xd[:, lo:hi]
+            if per_tile:  # "absmax_tile": this tile's own range per token
+                r_tok = xs.abs().amax(dim=1, keepdim=True).clamp_min_(1e-12)
+                xs = (xs * (n_dac / r_tok)).round_()
+            y = torch.mm(xs, w)
             if alpha != 1.0:  # DAC off: the range r is applied here, not copied into weights
                 y.mul_(alpha)
             if noise is not None:
-                if pool_rows is not None and rows <= pool_rows.shape[0]:
-                    at = self._offset_rng.randrange(pool_rows.shape[0] - rows + 1)
-                    y.add_(pool_rows[at:at + rows], alpha=noise)
-                else:
-                    y.add_(torch.randn(y.shape, generator=self._generator, dtype=y.dtype),
-                           alpha=noise)
+                self._add_read_noise(y, noise, pool_rows)
             if n_adc is not None:
                 y.round_().clamp_(-n_adc, n_adc)
+                if bm_iters is not None:
+                    self._manage_bounds(y, x2 if single else x2[:, lo:hi], w, const, r_tok, clip)
             if r_tok is not None:
                 y.mul_(r_tok / r)  # gain holds the static r: swap it for each token's range
             if lo:
@@ -185,3 +191,41 @@ class FusedInference:
             else:
                 out = y.mul_(gain) if out is None else torch.mul(y, gain, out=out)
         return out
+
+    def _add_read_noise(self, y, noise: float, pool_rows) -> None:
+        """Output noise of std `noise` (code units) onto y in place: a window of whole rows of
+        the noise pool at a random offset, or fresh seeded draws."""
+        rows = y.shape[0]
+        if pool_rows is not None and rows <= pool_rows.shape[0]:
+            at = self._offset_rng.randrange(pool_rows.shape[0] - rows + 1)
+            y.add_(pool_rows[at:at + rows], alpha=noise)
+        else:
+            y.add_(torch.randn(y.shape, generator=self._generator, dtype=y.dtype), alpha=noise)
+
+    def _manage_bounds(self, y, xs, w, const: _Constants, r_tok, clip: bool) -> None:
+        """Iterative bound management of one tile's ADC codes y (rows, out), in place: the
+        tokens with an output at full scale are read again with their inputs xs halved
+        (`periphery.reread_saturated`). One reduction when nothing is at full scale."""
+        n_adc, n_dac = const.n_adc, const.n_dac
+        lo, hi = torch.aminmax(y)
+        if -lo.item() < n_adc and hi.item() < n_adc:
+            return
+
+        def read(rows, m):
+            x = xs[rows]
+            if n_dac is None:
+                x = x / m
+            elif r_tok is None:  # static range r: the DAC clamps what still exceeds r·m
+                x = x.mul_(const.dac_scale / m).round_()
+                if clip:
+                    x.clamp_(-n_dac, n_dac)
+            else:  # x / (r·m) first: the token's largest input halves to exactly n/2 (as in DacSTE)
+                x = x.div_(r_tok[rows] * m).mul_(n_dac).round_()
+            c = torch.mm(x, w)
+            if const.alpha != 1.0:
+                c.mul_(const.alpha)
+            if const.noise is not None:
+                self._add_read_noise(c, const.noise, const.pool_rows)
+            return c.round_().clamp_(-n_adc, n_adc)
+
+        reread_saturated(y, n_adc - 0.5, self.col_sizes, const.bm_iters, read)

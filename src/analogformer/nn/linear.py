@@ -3,8 +3,12 @@
 Forward pipeline (DESIGN §4.3), each stage an identity when its config is off:
 
     DAC (clip to [-r, r], `dac.bits` levels)  ->  weight view  ->  per-tile matmul
-    ->  output noise + ADC per tile  ->  digital scale (w_max · r · drift compensation)
+    ->  output noise + ADC per tile [-> bound management: re-read saturated tiles]
+    ->  digital scale (w_max · r · drift compensation)
     ->  digital partial-sum add over row tiles  ->  digital bias
+
+r is the layer's range, or per token (and row tile) with absmax input scaling; the DAC,
+ADC, bound management and compensation reads are in `periphery.py`.
 
 The weight view depends on the mode:
 * training (`module.train()`): the live `weight`, normalized per tile, plus the HWA
@@ -33,7 +37,6 @@ not programmed.
 """
 from __future__ import annotations
 
-import math
 import random
 from typing import Callable, List, Optional
 
@@ -43,13 +46,13 @@ from torch import nn
 
 from ..config import AnalogConfig
 from ..device import pcm
-from ..device.conductance import (conductances_to_weight, group_mean, weight_scales,
-                                  weight_to_conductances)
-from .tile import DacSTE, ReadoutSTE, levels, adc_quantize, split_sizes
+from ..device.conductance import conductances_to_weight, weight_scales, weight_to_conductances
 from .fused import FusedInference
+from .periphery import Periphery
+from .tile import ReadoutSTE, levels, split_sizes
 
 
-class AnalogLinear(FusedInference, nn.Linear):
+class AnalogLinear(FusedInference, Periphery, nn.Linear):
     """nn.Linear on PCM tiles. `weight` stays a real Parameter; state-dict keys are
     nn.Linear's plus `input_range` (the DAC range r)."""
 
@@ -120,7 +123,8 @@ class AnalogLinear(FusedInference, nn.Linear):
     def extra_repr(self) -> str:
         c = self.config
         return (f"{super().extra_repr()}, tiles={len(self.row_sizes)}x{len(self.col_sizes)}, "
-                f"dac_bits={c.dac.bits}, adc_bits={c.adc.bits}, "
+                f"dac_bits={c.dac.bits}, adc_bits={c.adc.bits}, input_scaling={c.dac.input_scaling}, "
+                + (f"bound_management={c.adc.bound_management}, " if c.adc.bound_management else "") +
                 f"programmed={self.programmed}" + (f", t={self.t_seconds:g}s" if self.programmed else ""))
 
     # ------------------------------------------------------------------ layout helpers
@@ -152,48 +156,10 @@ class AnalogLinear(FusedInference, nn.Linear):
         c = self.config
         return c.dac.bits is None and c.adc.bits is None and c.adc.output_noise_std is None
 
-    def _output_noise(self, shape, dtype, device) -> torch.Tensor:
-        """N(0, 1) of `shape`: a window of the programmed pool at a random offset in
-        programmed inference, fresh draws otherwise (training: global RNG)."""
-        if self.training or self._generator is None:
-            n = math.prod(shape)
-            train_pool = self._train_noise_pool  # HWA training (HWAConfig.output_noise_pool)
-            if self.training and train_pool is not None and n <= train_pool.numel():
-                start = int(torch.randint(train_pool.numel() - n + 1, (1,)))
-                return train_pool[start:start + n].view(shape)
-            return torch.randn(shape, dtype=dtype, device=device)
-        return self._programmed_noise(shape, dtype, device)
-
-    def _programmed_noise(self, shape, dtype=None, device=None) -> torch.Tensor:
-        """N(0, 1) of `shape` for a programmed layer, whatever its train/eval mode: a
-        window of the model's output-noise pool at a seeded random offset (the same
-        source as the output noise of programmed inference), fresh seeded draws when the
-        pool is off or too small."""
-        pool, n = self._noise_pool, math.prod(shape)
-        if pool is None or n > pool.numel():
-            return torch.randn(shape, generator=self._generator, dtype=dtype, device=device)
-        start = self._offset_rng.randrange(pool.numel() - n + 1)
-        return pool[start:start + n].view(shape)
-
     def set_generator(self, generator: Optional[torch.Generator]) -> None:
         """The seeded source of this layer's read noise, output noise and pool offsets."""
         self._generator = generator
         self._offset_rng = None if generator is None else random.Random(generator.initial_seed())
-
-    def _dac(self, x: torch.Tensor):
-        """-> (x_d, unit, r): the values driven onto the rows, the size of one unit of x_d
-        in normalized input units (1 = full DAC range), and the range r itself (the
-        layer's parameter, or one per input vector (N, 1) with "absmax" scaling)."""
-        dac = self.config.dac
-        r = self.input_range
-        if dac.bits is None:
-            return x, 1.0 / r, r
-        if dac.input_scaling == "absmax":
-            r = x.detach().abs().amax(dim=-1, keepdim=True).clamp_min_(1e-12)
-        n = levels(dac.bits)
-        if torch.is_grad_enabled():
-            return DacSTE.apply(x, r, float(n)), 1.0 / n, r
-        return (x * (n / r)).round_().clamp_(-n, n), 1.0 / n, r
 
     def _weight_view(self):
         """-> (normalized tiled weights (K, R, out), w_max scales (K, out))."""
@@ -205,23 +171,6 @@ class AnalogLinear(FusedInference, nn.Linear):
         if self.training and self.weight_noise is not None:
             wn = self.weight_noise(wn)
         return wn, scale
-
-    def _adc(self, y: torch.Tensor, unit):
-        """Output noise + ADC on per-tile outputs y (K, N, out) whose unit is `unit`
-        normalized output units. -> (codes, size of one code in normalized units)."""
-        adc = self.config.adc
-        if adc.output_noise_std is not None:
-            noise = self._output_noise(y.shape, y.dtype, y.device)
-            if torch.is_grad_enabled():
-                y = y + noise * (adc.output_noise_std / unit)
-            else:
-                y = y.add_(noise, alpha=float(adc.output_noise_std / unit))
-        if adc.bits is None:
-            return y, unit
-        if torch.is_grad_enabled():
-            return adc_quantize(y * unit, adc.bits, adc.bound), 1.0
-        n = levels(adc.bits)
-        return y.mul_(unit * n / adc.bound).round_().clamp_(-n, n), adc.bound / n
 
     def _bad_input(self, x: torch.Tensor) -> ValueError:
         return ValueError(f"AnalogLinear {self.name or '<unnamed>'}: input contains NaN or inf; "
@@ -243,6 +192,7 @@ class AnalogLinear(FusedInference, nn.Linear):
         xd, unit, r = self._dac(x2)
         wn, scale = self._weight_view()
         adc = self.config.adc
+        managed = adc.bound_management is not None
         fused = torch.is_grad_enabled() and adc.bits is not None and not torch.is_tensor(unit)
         if fused:  # GEMM straight into ADC code units: the scalar goes onto the (small) weights
             code = levels(adc.bits) / adc.bound
@@ -257,12 +207,16 @@ class AnalogLinear(FusedInference, nn.Linear):
             noise = (self._output_noise((len(ys),) + ys[0].shape, ys[0].dtype, ys[0].device)
                      if adc.output_noise_std is not None else None)
             gain = scale.unsqueeze(1) * (r / code)  # ADC codes -> output units
-            out = ReadoutSTE.apply(gain, self.bias, noise, float((adc.output_noise_std or 0.0) * code),
-                                   float(levels(adc.bits)), *ys)
+            noise_std, n = float((adc.output_noise_std or 0.0) * code), levels(adc.bits)
+            if managed:  # re-reads of saturated tiles replace GEMM outputs (and noise) before the readout
+                ys, noise, mult = self._bound_manage_readout(x2, r, ys, noise, noise_std, n, wn)
+                gain = gain if mult is None else gain * mult
+            out = ReadoutSTE.apply(gain, self.bias, noise, noise_std, float(n), *ys)
             return out.reshape(*shape[:-1], self.out_features)
-        y = torch.stack(ys)
-        y, unit = self._adc(y, unit)
-        gain = scale.unsqueeze(1) * (r * unit)  # (K, 1 or N, out)
+        y, code = self._adc(torch.stack(ys), unit)
+        if managed:
+            y = self._bound_manage(x2, r, y, wn, unit, code)
+        gain = scale.unsqueeze(1) * (r * code)  # (K, 1 or N, out); r: (), (N, 1) or (K, N, 1)
         if len(self.row_sizes) > 1:
             y, gain = (y * gain).sum(0), 1.0
         else:
@@ -349,22 +303,6 @@ class AnalogLinear(FusedInference, nn.Linear):
             raise ValueError(f"AnalogLinear {self.name or '<unnamed>'}: set_compensation() before program()")
         self._out_scale = self._w_scale * self._comp_factor if enabled else self._w_scale.clone()
         self.invalidate()
-
-    @torch.no_grad()
-    def _readout_level(self) -> torch.Tensor:
-        """Mean |output| of one-hot reads of every row through the non-ideal MVM (output
-        noise + ADC), per tile or per column -> (K, out)."""
-        y = self.read_weights().clone()  # one-hot input of full scale on row j reads row j
-        adc = self.config.adc
-        if adc.output_noise_std is not None:
-            y.add_(self._programmed_noise(y.shape), alpha=adc.output_noise_std)
-        if adc.bits is not None:
-            y = adc_quantize(y, adc.bits, adc.bound)
-        valid = self._valid_rows()
-        per_col = (y.abs_() * valid).sum(1) / valid.sum(1)  # (K, out)
-        if self.config.compensation.granularity == "column":
-            return per_col
-        return group_mean(per_col, self.col_sizes).contiguous()
 
     def unprogram(self) -> None:
         """Drop the programmed state: back to live (ideal-device) weights."""
