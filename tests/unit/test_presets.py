@@ -77,7 +77,7 @@ def test_a_config_object_replaces_its_section_and_overrides_are_validated():
 
 
 @pytest.mark.parametrize("name, hint", [("aihwkit-inferance", "; did you mean 'aihwkit-inference'?"),
-                                        ("spce", "; did you mean 'spec'?"), ("llm", ""), (["spec"], "")])
+                                        ("spce", "; did you mean 'spec'?"), ("gpu", ""), (["spec"], "")])
 def test_unknown_presets_name_the_key_and_the_closest_preset(name, hint):
     msg = f"analog.preset: unknown preset {name!r}{hint} (presets: spec, aihwkit-inference, llm)"
     with pytest.raises(ValueError) as err:
@@ -108,7 +108,7 @@ def test_the_aihwkit_preset_reads_noisy_conductances_at_t0():
         programmed = layer.read_weights().clone()
         af.drift(nn.Sequential(layer), 0.0)
         rel = (layer.read_weights() - programmed) / programmed
-        if name == "spec":
+        if name in ("spec", "llm"):  # SPEC's read-noise time t: no 1/f noise at t = 0
             assert torch.equal(layer.read_weights(), programmed)
             continue
         # g+ = g_max, g− = 0 (no read noise at 0 µS): w = 1 + Q_s(g_max)·f·Z, Q_s(g_max) = 0.0088
