@@ -54,7 +54,9 @@ def _headline_name(task, recs) -> str:
         keys = {m for m, v in r["metrics"].items()
                 if isinstance(v, (int, float)) and math.isclose(v, r["headline"], abs_tol=1e-12)}
         common = keys if common is None else common & keys
-    for m in ("accuracy", "mcc", "acc_and_f1", "pearson_and_spearman", *sorted(common or ())):
+    # the task's own headline first: metrics that coincide (SQuAD EM = F1 = 1) must not rename it
+    for m in (describe(task).headline_metric, "accuracy", "mcc", "acc_and_f1", "pearson_and_spearman",
+              *sorted(common or ())):
         if m in (common or ()):
             return m
     return describe(task).headline_metric

@@ -35,12 +35,19 @@ class DataConfig:
     max_eval_examples: Optional[int] = None
     """Keep a seeded subset of this many dev examples per task; null = all."""
     max_length: int = 128
-    """Maximum sequence length in tokens (longer inputs are truncated)."""
+    """Maximum sequence length in tokens (longer inputs are truncated; SQuAD: the window length)."""
+    squad_dir: Optional[str] = "../shared/data/squad_v1.1"
+    """A folder holding SQuAD v1.1 `dev-v1.1.json` (and `train-v1.1.json` if you have it), read by
+    the `squad` task; without the train file the dev set is split by article into tuning and
+    evaluation parts (docs/qa.md); null loads HF `datasets` ("squad") from the hub."""
+    doc_stride: int = 128
+    """SQuAD: tokens by which consecutive windows of a long context overlap (below max_length / 2)."""
 
     def __post_init__(self):
         check_positive(self, "max_train_examples", allow_none=True, integer=True)
         check_positive(self, "max_eval_examples", allow_none=True, integer=True)
         check_positive(self, "max_length", integer=True)
+        check_positive(self, "doc_stride", integer=True)
 
 
 @dataclass
