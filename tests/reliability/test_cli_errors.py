@@ -227,9 +227,6 @@ def test_study_help_lists_the_condition_names_and_the_tile_rows_default(capsys):
     assert "tile" in out and "512" in out, out
 
 
-@pytest.mark.xfail(strict=True, reason="`import analogformer.cli` imports transformers (analogformer/__init__ "
-                   "-> config -> nn/targets.py:22 `from transformers.pytorch_utils import Conv1D`), so "
-                   "even a config error pays the heavy import first")
 def test_a_config_error_is_reported_before_transformers_is_imported():
     code = textwrap.dedent("""
         import sys, time

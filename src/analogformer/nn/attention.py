@@ -43,9 +43,6 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
 from .convert import ideal_state
 
 ATTN_IMPLEMENTATION = "analogformer_int"
@@ -211,6 +208,9 @@ def quantized_attention_forward(module: nn.Module, query: torch.Tensor, key: tor
 
 
 def _register() -> None:
+    # imported here: a model to quantize has loaded transformers; importing analogformer does not
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
     AttentionInterface.register(ATTN_IMPLEMENTATION, quantized_attention_forward)
     AttentionMaskInterface.register(ATTN_IMPLEMENTATION, eager_mask)
 

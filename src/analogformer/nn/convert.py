@@ -17,7 +17,7 @@ from torch import nn
 
 from ..config import AnalogConfig
 from .linear import AnalogLinear
-from .targets import Conv1D, analog_matrices, is_analog_matrix
+from .targets import analog_matrices, is_analog_matrix, is_conv1d
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -62,9 +62,11 @@ def analogize(model: nn.Module, cfg: Optional[AnalogConfig] = None,
         if isinstance(mod, AnalogLinear):
             new = AnalogLinear.from_linear(mod, cfg, name=name)
             new.input_range = mod.input_range
+            new.conv1d_layout = getattr(mod, "conv1d_layout", False)
         else:
-            transposed = bool(Conv1D) and isinstance(mod, Conv1D)
+            transposed = is_conv1d(mod)
             new = AnalogLinear.from_linear(mod, cfg, name=name, transposed=transposed)
+            new.conv1d_layout = transposed  # saved transposed back (`export.digital_state_dict`)
         setattr(parent, child, new)
     return model
 

@@ -12,16 +12,20 @@ crossbar are inputs = columns of that matrix. HF GPT-2 `Conv1D` stores (in, out)
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-try:  # HF GPT-2 style layer; weight stored (in, out)
-    from transformers.pytorch_utils import Conv1D
-except ImportError:  # pragma: no cover - transformers is a hard dependency of the package
-    Conv1D = ()
+
+def is_conv1d(module) -> bool:
+    """HF GPT-2's `Conv1D` (weight stored (in, out)). Looked up among the loaded modules, not
+    imported: a model holding one has loaded transformers, and importing analogformer (say, a
+    CLI that only validates a config) does not pay for transformers."""
+    mod = sys.modules.get("transformers.pytorch_utils")
+    return mod is not None and isinstance(module, mod.Conv1D)
 
 BLOCKS = ("in_proj", "out_proj", "fc1", "fc2")
 
@@ -58,14 +62,14 @@ _LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block|albert_layers)\.(\d+)\.")
 
 def is_analog_matrix(module: nn.Module) -> bool:
     """nn.Linear (including AnalogLinear subclasses) or HF Conv1D."""
-    return isinstance(module, nn.Linear) or (bool(Conv1D) and isinstance(module, Conv1D))
+    return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
 def linear_weight(module: nn.Module) -> torch.Tensor:
     """The weight as an (out, in) tensor; a view for Conv1D, so in-place ops reach it."""
     if isinstance(module, nn.Linear):
         return module.weight
-    if bool(Conv1D) and isinstance(module, Conv1D):
+    if is_conv1d(module):
         return module.weight.t()
     raise TypeError(f"linear_weight: {type(module).__name__} is neither nn.Linear nor Conv1D")
 

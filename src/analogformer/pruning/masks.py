@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from ..nn.targets import Conv1D, linear_weight
+from ..nn.targets import is_conv1d, linear_weight
 
 
 class PruningMasks:
@@ -85,7 +85,7 @@ class PruningMasks:
         self.remove_hooks()
         for name, mod in self._modules(model).items():
             m = self.weight[name]
-            wm = m.t() if isinstance(mod, Conv1D) and not isinstance(mod, nn.Linear) else m
+            wm = m.t() if is_conv1d(mod) and not isinstance(mod, nn.Linear) else m
             self._handles.append(mod.weight.register_hook(
                 lambda g, wm=wm: g * wm.to(g.dtype)))
             if name in self.bias and mod.bias is not None:

@@ -23,6 +23,7 @@ import numpy as np
 from ..tasks.registry import describe, find_task
 from .format import _cell, _ordered, _tkey, time_label
 from .plots import _plot_time
+from .generations import generations_section
 from .pruning import pruning_section
 from .records import load_records, summarize
 from .render import _html, _md
@@ -45,6 +46,11 @@ def metric_name(task: str, metric: str) -> str:
 def _sign(task: str) -> int:
     """+1 where a higher headline is better, -1 where lower is (a loss / perplexity)."""
     return 1 if describe(task).higher_is_better else -1
+
+
+def _scale(task: str) -> float:
+    """What a task's metrics are multiplied by in tables and plots (100: scores in points)."""
+    return describe(task).metric_scale
 
 
 def _headline_name(task, recs) -> str:
@@ -74,7 +80,8 @@ class _Study:
         self.conditions = _ordered(time_rows, "condition") if time_rows else []
         self.times = sorted({r["t_seconds"] for r in time_rows}, key=_tkey)
         self.cell = {(r["task"], r["condition"], r["t_seconds"]):
-                     (100 * r["mean"], 100 * r["sem"], r["n"], r["undefined"]) for r in time_rows}
+                     (_scale(r["task"]) * r["mean"], _scale(r["task"]) * r["sem"], r["n"], r["undefined"])
+                     for r in time_rows}
         styled = [c for c in _ordered(records, "condition") if c != DIGITAL]
         self.style = {c: (f"C{i % 10}", "osD^v<>ph*"[i % 10]) for i, c in enumerate(styled)}
         self.style[DIGITAL] = ("k", "o")
@@ -149,8 +156,14 @@ def _overview(st: _Study, records, skipped) -> str:
         text += f" Pruning: {len(st.prune_rows)} (task, ratio, stage) points."
     if skipped:
         text += f" {skipped} unreadable line(s) of results.jsonl were skipped."
-    return text + (" Values are in points (metric × 100); ± is the standard error of the mean "
-                   "over repeats (a cell without ± has one repeat).")
+    keys = _ordered(records, "task")
+    raw = [task_name(t) for t in keys if _scale(t) != 100]
+    if raw:  # a perplexity or a loss is shown as it is
+        text += (f" {', '.join(raw)}: values as they are, lower is better"
+                 + ("; the other tasks: in points (metric × 100)." if len(raw) < len(keys) else "."))
+    else:
+        text += " Values are in points (metric × 100)."
+    return text + (" ± is the standard error of the mean over repeats (a cell without ± has one repeat).")
 
 
 def _time_table(st: _Study, values: dict) -> tuple[list, list]:
@@ -193,12 +206,12 @@ def _drop_table(st: _Study, glue: dict):
 
 
 def _metric_label(task, metric) -> str:
-    return f"{task_name(task)} {metric_name(task, metric)} (%)"
+    return f"{task_name(task)} {metric_name(task, metric)}" + (" (%)" if _scale(task) == 100 else "")
 
 
 def _sections(d: Path, st: _Study, records, skipped, title) -> list[tuple]:
     return ([("h", 1, title), ("p", _overview(st, records, skipped))] + _time_sections(d, st, records)
-            + pruning_section(d, st, task_name, _metric_label) + _extras(d))
+            + pruning_section(d, st, task_name, _metric_label) + generations_section(d, task_name) + _extras(d))
 
 
 def _time_sections(d: Path, st: _Study, records) -> list[tuple]:
@@ -239,7 +252,7 @@ def _time_sections(d: Path, st: _Study, records) -> list[tuple]:
             B += [("h", 3, task_name(task)),
                   ("table", ["condition", "time"] + [metric_name(task, m) for m in names],
                    [[r["condition"], _col(r["t_seconds"])] + [
-                       _cell(100 * r["metrics"][m]["mean"], 100 * r["metrics"][m]["sem"],
+                       _cell(_scale(task) * r["metrics"][m]["mean"], _scale(task) * r["metrics"][m]["sem"],
                              r["metrics"][m]["n"], r["metrics"][m]["undefined"]) if m in r["metrics"] else ""
                        for m in names]
                     for r in rows_t])]
@@ -251,7 +264,7 @@ def _time_plots(d: Path, st: _Study, group, glue) -> list[tuple]:
     for task in [k for k in st.tasks if any(t is not None for (k2, _, t) in st.cell if k2 == k)]:
         f = f"metric_vs_time_{_safe(task)}.png"
         ylabel = _metric_label(task, st.metric[task])
-        _plot_time(d / f, st.series(task), st.style, f"{ylabel[:-4]} vs time since programming",
+        _plot_time(d / f, st.series(task), st.style, f"{ylabel.removesuffix(' (%)')} vs time since programming",
                    ylabel)
         plots.append((f"{task_name(task)} vs time", f))
     if group and any(t is not None for _, t in glue):

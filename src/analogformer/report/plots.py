@@ -35,8 +35,11 @@ def _plot_time(path, series, style, title, ylabel):
         ax.set_xlim(times[0] / 2.5, times[-1] * 2.5)
     else:
         ax.set_xticks([])
+    values = [v[0] for pts in series.values() for v in pts.values()]
+    if values and min(values) > 0 and max(values) / min(values) > 10:  # e.g. perplexities 25 … 10⁴
+        ax.set_yscale("log")
     lo, hi = ax.get_ylim()
-    if hi - lo < 1.0:                              # avoid magnifying noise below 0.1 point
+    if ax.get_yscale() == "linear" and hi - lo < 1.0:  # avoid magnifying noise below 0.1 point
         mid = (hi + lo) / 2
         ax.set_ylim(mid - 0.5, mid + 0.5)
     _finish(fig, ax, path, "Time since programming (log scale)", ylabel, title, "condition (± SEM)")

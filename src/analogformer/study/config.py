@@ -16,6 +16,8 @@ import yaml
 
 from ..config import AnalogConfig, check_choice, check_positive, fail, from_dict, to_dict
 from ..nn.attention import AttentionQuantConfig
+from ..tasks.lm_data import LMDataConfig
+from ..tasks.lm_generate import GenerationConfig
 from ..tasks.registry import find_task, task_names
 from ..training.finetune import FinetuneConfig
 from ..training.hwa import HWAConfig
@@ -42,6 +44,10 @@ class DataConfig:
     evaluation parts (docs/qa.md); null loads HF `datasets` ("squad") from the hub."""
     doc_stride: int = 128
     """SQuAD: tokens by which consecutive windows of a long context overlap (below max_length / 2)."""
+
+    lm: LMDataConfig = field(default_factory=LMDataConfig)
+    """Causal-LM tasks (`wikitext2`, `text`): where the text is, window length and stride;
+    `max_train_examples` / `max_eval_examples` count windows there (docs/lm.md)."""
 
     def __post_init__(self):
         check_positive(self, "max_train_examples", allow_none=True, integer=True)
@@ -121,6 +127,11 @@ class StudyConfig:
     """Device instances behind every score on tiles that selects a model (HWA candidates of
     `best_of`, `keep_best` evaluations of HWA fine-tuning); drawn apart from the sweep's."""
 
+    generation: Optional[GenerationConfig] = None
+    """Causal-LM tasks: generate text from prompts at every time point of every condition
+    (device instance 0), kept in `generations.jsonl` and shown side by side in the report;
+    null = none."""
+
     def __post_init__(self):
         check_positive(self, "best_of", integer=True)
         check_positive(self, "select_repeats", integer=True)
@@ -148,6 +159,13 @@ class StudyConfig:
         dup = sorted({c for c in self.conditions if self.conditions.count(c) > 1})
         if dup:
             fail("StudyConfig", "conditions", f"lists {dup} more than once; name each condition once")
+        if self.generation is not None:
+            if not any(find_task(t).task.generates for t in self.tasks):
+                fail("StudyConfig", "generation", f"no task of {list(self.tasks)} generates text; generation "
+                                                  "needs a causal-LM task (e.g. wikitext2), or remove `generation:`")
+            extra = [c for c in self.generation.conditions or () if c not in self.conditions]
+            if extra:
+                fail("StudyConfig", "generation.conditions", f"{extra} are not study conditions {list(self.conditions)}")
         models = {CONDITIONS[c].model for c in self.conditions}
         if "hwa" in models and self.hwa is None:
             fail("StudyConfig", "conditions", "an 'hwa*' condition needs an `hwa:` section")

@@ -74,6 +74,9 @@ def _best_of(cfg, data, what: str, train: Callable[[int], Tuple[nn.Module, dict,
 
 
 def digital_model(cfg, data, base: nn.Module, tok, out: Path, progress: bool) -> nn.Module:
+    if not data.task.digital_finetune:  # e.g. a causal LM: the pre-trained model is the digital model
+        logger.info(f"{data.name}: no digital fine-tuning (the task evaluates the pre-trained model)")
+        return base.eval()
     path = out / "checkpoints" / data.name / "digital"
     if checkpoint_saved(path):
         logger.info(f"{data.name}: reusing digital checkpoint {path}")

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
-import transformers
 from torch import nn
 
 from ..config import to_dict
@@ -28,12 +27,14 @@ from ..logs import get_logger
 from ..nn.attention import AttentionQuantConfig, calibrate_attention, quantize_attention
 from ..report import build_report
 from ..report.figures import plot_tile_layout
-from ..tasks.registry import default_model_path, find_task
+from ..tasks.registry import find_task
 from .config import StudyConfig
 from .data import TaskData
 from .finetune_step import digital_model, hwa_model
 from .folder import StudyFolder, require_finite
+from .generate_step import run_generations
 from .prune_step import pruned_model_key, pruned_models, ratio_tag
+from .ray_sweep import sweep_runner
 from .records import RecordLog
 from .sweep import CONDITIONS, Condition, run_time_sweep
 
@@ -58,6 +59,7 @@ def _attention_prepare(cfg: StudyConfig, calib: List[dict]):
 
 
 def environment() -> dict:
+    import transformers  # here, not at import: a config error is reported before this heavy import
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "platform": platform.platform(),
             "cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}
@@ -75,13 +77,16 @@ def write_hardware_summaries(cfg: StudyConfig, model: nn.Module, out: Path) -> N
 
 def study_conditions(cfg: StudyConfig) -> List[Condition]:
     """The study's conditions; with `pruning.ratios`, each "pruned*" condition becomes one
-    per ratio ("pruned@0.333" on the model pruned at ratio 0.333)."""
+    per ratio ("pruned@0.333" on the model pruned at ratio 0.333), and each "*weight-noise"
+    one per `sweep.weight_noise_levels` ("weight-noise@0.035")."""
     out = []
     for name in cfg.conditions:
         c = CONDITIONS[name]
         if c.model == "pruned" and cfg.pruning is not None and cfg.pruning.ratios:
             out += [replace(c, name=f"{c.name}@{ratio_tag(r)}", model=pruned_model_key(r))
                     for r in cfg.pruning.ratios]
+        elif c.weight_noise is not None:  # one condition per weight-noise level
+            out += [replace(c, name=f"{c.name}@{level:g}", weight_noise=level) for level in cfg.sweep.weight_noise_levels]
         else:
             out.append(c)
     return out
@@ -89,22 +94,30 @@ def study_conditions(cfg: StudyConfig) -> List[Condition]:
 
 def run_study(cfg: StudyConfig, out_dir: Optional[str] = None, progress: bool = True) -> Path:
     """Run (or continue) the study; returns the path of report.md. The folder is locked for
-    the run (`folder.StudyFolder`: one process at a time)."""
-    with StudyFolder(Path(out_dir or cfg.output_dir)) as folder:
-        return _run(cfg, folder, progress)
+    the run (`folder.StudyFolder`: one process at a time); the sweep runs here or on the Ray
+    cluster of `cfg.execution` (joined before the fine-tuning: a wrong address fails first)."""
+    with StudyFolder(Path(out_dir or cfg.output_dir)) as folder, sweep_runner(cfg.execution) as runner:
+        return _run(cfg, folder, progress, runner)
 
 
-def _run(cfg: StudyConfig, folder: StudyFolder, progress: bool) -> Path:
+def _evaluator(data: TaskData, key: str):
+    """`data.evaluate(model, key)`, holding only the task and that evaluation set (a Ray sweep
+    ships it to its workers)."""
+    task, batches = data.task, data.evals[key]
+    return lambda model: task.evaluate(model, batches, key)
+
+
+def _run(cfg: StudyConfig, folder: StudyFolder, progress: bool, runner=None) -> Path:
     out = folder.out
     records = RecordLog(out / "results.jsonl")
     folder.write_config(cfg)
     t0 = time.time()
-    model_src = cfg.model or default_model_path()
     if records.records:
         logger.info(f"resuming: {len(records.records)} records already in {out / 'results.jsonl'}")
     conditions = study_conditions(cfg)
     needed = {c.model for c in conditions}
     for i, task in enumerate(cfg.tasks):
+        model_src = cfg.model or find_task(task).task.default_model()
         base, tok = find_task(task).task.load_model(model_src, seed=cfg.seed)
         require_finite(base, f"the model {model_src}", "fix or re-download it")
         data = TaskData(cfg, task, tok)
@@ -120,11 +133,15 @@ def _run(cfg: StudyConfig, folder: StudyFolder, progress: bool) -> Path:
             logger.info(f"{key}: evaluating {len(conditions)} condition(s) × {len(cfg.sweep.times_seconds)} "
                  f"time(s) × {cfg.sweep.repeats} repeat(s)")
             run_time_sweep(models, key, conditions,
-                           evaluate=lambda m, k=key: data.evaluate(m, k),
+                           evaluate=_evaluator(data, key),
                            headline=lambda met, k=key: data.headline(k, met),
                            analog_cfg=cfg.analog, cfg=cfg.sweep, log=records,
                            calib_batches=data.calib, progress=progress,
-                           prepare=_attention_prepare(cfg, data.calib), input_ranges=ranges)
+                           prepare=_attention_prepare(cfg, data.calib), input_ranges=ranges,
+                           runner=runner)
+            if cfg.generation is not None and data.task.generates:
+                run_generations(cfg.generation, key, models, tok, conditions, cfg.analog, cfg.sweep, data.calib,
+                                out, prepare=_attention_prepare(cfg, data.calib), input_ranges=ranges)
     env = environment()
     env["wall_seconds_this_run"] = round(time.time() - t0, 1)
     (out / "environment.json").write_text(json.dumps(env, indent=1))

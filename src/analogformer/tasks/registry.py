@@ -53,6 +53,13 @@ class Task(ABC):
     higher_is_better: bool = True   # of the headline metric
     metric_names: Mapping[str, str] = {}  # metric key -> label for reports
     average_group: Optional[str] = None   # a benchmark whose tasks' headlines a report averages
+    metric_scale: float = 100.0     # reports show metrics × this (100: a [0, 1] score in points)
+    digital_finetune: bool = True   # False: a study evaluates the pre-trained model as it is (an LM)
+    generates: bool = False         # the model generates text (a study's `generation:` prompts)
+
+    def default_model(self) -> str:
+        """The model a study uses when its config names none."""
+        return default_model_path()
 
     # ---- data
     def eval_sets(self, variant: Optional[str] = None) -> Dict[str, str]:
@@ -159,6 +166,7 @@ class TaskInfo:
     higher_is_better: bool
     metric_names: Mapping[str, str]
     average_group: Optional[str] = None
+    metric_scale: float = 100.0
 
 
 _TASKS: Dict[str, Task] = {}
@@ -219,7 +227,7 @@ def describe(key: str) -> TaskInfo:
     t = ref.task
     variant = key.strip().lower()
     return TaskInfo(_display(t, variant), t.headline_metric(variant), t.higher_is_better,
-                    dict(t.metric_names), t.average_group)
+                    dict(t.metric_names), t.average_group, t.metric_scale)
 
 
 def _display(task: Task, key: str) -> str:

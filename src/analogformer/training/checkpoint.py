@@ -52,14 +52,17 @@ def predict(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]]
 
 
 def save_checkpoint(model: nn.Module, tokenizer, path: str | Path) -> Path:
-    """Save model (safetensors) and tokenizer to the folder ``path``; returns it."""
+    """Save model (safetensors) and tokenizer to the folder ``path``; returns it. An analogized
+    model saves as the plain HF model (`nn.export.digital_state_dict`): `from_pretrained`
+    of the original class reloads it."""
+    from ..nn.export import digital_state_dict  # here: nn imports training
     bad = nonfinite_parameters(model)
     if bad:
         raise FloatingPointError(f"save_checkpoint: refusing to save {path}: parameters {bad[:5]}"
                                  f"{' …' if len(bad) > 5 else ''} hold NaN or inf")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
+    model.save_pretrained(path, state_dict=digital_state_dict(model), safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     return path
