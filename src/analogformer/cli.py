@@ -20,7 +20,8 @@ def _add_set(p):
 
 def cmd_study(a) -> int:
     from .study import load_study_config, run_study
-    cfg = load_study_config(a.config, a.overrides)
+    ray = [("execution.ray", a.ray)] if a.ray else []
+    cfg = load_study_config(a.config, list(a.overrides) + ray)
     run_study(cfg, out_dir=a.out, progress=not a.no_progress)
     return 0
 
@@ -181,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", help="study YAML (see configs/)")
     s.add_argument("--out", help="output folder (default: the config's output_dir)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    s.add_argument("--ray", metavar="local|auto|ADDRESS",
+                   help="evaluate the sweep as Ray tasks (pip install 'analogformer[ray]'): local = a Ray "
+                        "instance of this process, auto = the cluster of `ray start --head` on this machine, "
+                        "HOST:PORT = that cluster; the records are those of a local run (docs/ray.md)")
     _add_set(s)
     s.set_defaults(func=cmd_study)
 

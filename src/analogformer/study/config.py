@@ -22,6 +22,7 @@ from ..tasks.registry import find_task, task_names
 from ..training.finetune import FinetuneConfig
 from ..training.hwa import HWAConfig
 from .prune_config import PruneStudyConfig
+from .ray_sweep import ExecutionConfig
 from .sweep import CONDITIONS, SweepConfig
 
 
@@ -114,6 +115,9 @@ class StudyConfig:
     """Prune, retrain and evaluate on tiles; needed by the `pruned*` conditions; null = none."""
     sweep: SweepConfig = field(default_factory=SweepConfig)
     """Time points, device instances and calibration of the over-time evaluation."""
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    """Where the over-time evaluations run: in this process, or on a Ray cluster (`ray`,
+    docs/ray.md). It changes where, not what: a folder may be resumed with another setting."""
     conditions: Tuple[str, ...] = ("digital", "analog-nocomp", "analog", "analog-gamma0.5")
     """What is evaluated: any of digital, analog-nocomp, analog, analog-gamma0.5, hwa-digital,
     hwa-nocomp, hwa, hwa-gamma0.5, hwa-int8, hwa-int6, pruned-digital, pruned (with
@@ -211,6 +215,9 @@ EXTENDABLE = ("tasks", "conditions", "sweep.times_seconds", "sweep.repeats", "pr
               "pruning.schedule.round_seeds",
                "pruning.round_seeds")
 
+# Sections no study record depends on (where it runs): free to change between runs of a folder.
+NOT_RECORDED = ("execution",)
+
 
 def _extends(key: str, old, new) -> bool:
     if key not in EXTENDABLE:
@@ -224,6 +231,8 @@ def config_changes(old, new, prefix: str = "") -> List[str]:
     """Keys whose values differ between two config dicts. Keys the old dict lacks are
     options added by a newer analogformer (at their defaults), and lists that only grow
     (`EXTENDABLE`): not a change."""
+    if prefix in NOT_RECORDED:
+        return []
     if not isinstance(old, dict) or not isinstance(new, dict):
         return [] if old == new or _extends(prefix, old, new) else [f"{prefix}: {old!r} -> {new!r}"]
     out = []

@@ -158,14 +158,17 @@ def run_time_sweep(models: Dict[str, nn.Module], task: str, conditions: Sequence
                    analog_cfg: AnalogConfig, cfg: SweepConfig, log: RecordLog,
                    calib_batches: Sequence[dict] = (), progress: bool = True,
                    prepare: Optional[Callable[[nn.Module, Condition], None]] = None,
-                   input_ranges: Optional[Dict[str, Dict[str, float]]] = None) -> List[dict]:
+                   input_ranges: Optional[Dict[str, Dict[str, float]]] = None,
+                   runner: Optional[Callable] = None) -> List[dict]:
     """Evaluate `conditions` of `models` over time and append records to `log`.
 
     `evaluate(model) -> metrics` runs the task's eval set; `headline(metrics)` picks the
     headline value. `calib_batches` (model kwargs) set the DAC ranges. `prepare(model,
     condition)` adjusts an analogized model before programming (e.g. INT-N attention).
     `input_ranges[model name]` ({layer name: r}, e.g. learned by HWA training) replaces
-    the calibration for that model. Returns the records written by this call.
+    the calibration for that model. `runner` (e.g. `ray_sweep.RaySweep`) evaluates the same
+    units elsewhere and emits their records in this function's order; None = here, in turn.
+    Returns the records written by this call.
     """
     for c in conditions:
         if c.model not in models:
@@ -189,6 +192,18 @@ def run_time_sweep(models: Dict[str, nn.Module], task: str, conditions: Sequence
     todo = len(digital) + sum(1 for c in conditions if c.analog for t in cfg.times_for(c.name)
                               for r in range(cfg.repeats) if not log.has((task, c.name, t, r)))
     bar = tqdm(total=todo, desc=f"{task} sweep", disable=not progress or todo == 0, leave=False)
+    if runner is not None:  # the units below (a digital condition; a group's repeat), elsewhere
+        plan = []
+        for (model_name, gamma, attn_bits, *_), conds in groups.items():
+            repeats = sorted({r for r in range(cfg.repeats) for t in cfg.times_seconds for c in conds
+                              if t in cfg.times_for(c.name) and not log.has((task, c.name, t, r))})
+            if repeats:
+                plan.append((conds, repeats, lambda m=model_name, g=gamma, a=attn_bits, cs=conds: _analog_model(
+                    models[m], m, g, a, cs[0], analog_cfg, cfg, calib_batches, prepare,
+                    (input_ranges or {}).get(m))))
+        runner(task, models, digital, plan, evaluate, emit, bar, cfg, log)
+        bar.close()
+        return written
     for c in digital:
         m = models[c.model]
         m.eval()
