@@ -44,9 +44,10 @@ def _each_layer(fn, items) -> None:
             f.result()  # re-raises a layer's error here
 
 
-def layer_generator(seed: int, name: str) -> torch.Generator:
-    """The generator of layer `name` (its module name) for device instance / read `seed`."""
-    g = torch.Generator()
+def layer_generator(seed: int, name: str, device=None) -> torch.Generator:
+    """The generator of layer `name` (its module name) for device instance / read `seed`, on
+    `device` (default CPU; draws on a GPU need a generator there, whose stream differs)."""
+    g = torch.Generator(device=device if device is not None else "cpu")
     g.manual_seed(derive_seed(int(seed), str(name)))
     return g
 
@@ -60,14 +61,16 @@ def program(model: nn.Module, seed: int = 0) -> nn.Module:
     pool_sizes = [l.config.adc.noise_pool_size for _, l in layers
                   if l.config.adc.output_noise_std is not None and l.config.adc.noise_pool_size]
     pool = None
-    if pool_sizes:  # one output-noise pool per model and device instance
-        pool = torch.randn(max(pool_sizes), generator=layer_generator(seed, _POOL))
+    if pool_sizes:  # one output-noise pool per model and device instance, on its device and in its dtype
+        w = layers[0][1].weight
+        pool = torch.randn(max(pool_sizes), generator=layer_generator(seed, _POOL, w.device), device=w.device)
+        pool = pool.to(w.dtype) if w.dtype.is_floating_point else pool
 
     def program_layer(item):
         name, layer = item
         # the pool first: the compensation reference read of `program` takes its output noise
         layer._noise_pool = pool if layer.config.adc.noise_pool_size else None
-        layer.program(layer_generator(seed, name))
+        layer.program(layer_generator(seed, name, layer.weight.device))
 
     _each_layer(program_layer, layers)
     return model
@@ -97,7 +100,7 @@ def reseed_noise(model: nn.Module, seed: int) -> nn.Module:
     from (seed, layer name); the programmed conductances are untouched."""
     for name, layer in _require_analog(model, "reseed_noise"):
         if layer.programmed:
-            layer.set_generator(layer_generator(seed, name))
+            layer.set_generator(layer_generator(seed, name, layer.weight.device))
     return model
 
 

@@ -177,7 +177,7 @@ def test_training_forward_resamples_noise_and_unprogram():
         af.program(nn.Sequential(layer), 0)
         assert layer.programmed
         af.unprogram(nn.Sequential(layer))
-        assert not layer.programmed and layer._g_prog is None
+        assert not layer.programmed and layer._w_read is None and layer.programmed_state_bytes() == 0
 
 
 def test_programmed_error_grows_with_time_and_gamma_halves_noise():
@@ -486,7 +486,7 @@ def test_program_and_drift_on_threads_equal_sequential():
             af.drift(model, 86400.0)
         finally:
             torch.set_num_threads(old)
-        states.append([(l._g_prog.clone(), l._nu.clone(), l._w_read.clone(), l._comp_factor.clone())
+        states.append([(*l.programmed_devices(), l._w_read.clone(), l._comp_factor.clone())
                        for _, l in af.analog_layers(model)])
     assert len(states[0]) > 2
     for seq, thr in zip(*states):
@@ -496,7 +496,7 @@ def test_program_and_drift_on_threads_equal_sequential():
 
 @pytest.mark.parametrize("dac_bits, adc_bits", [(8, 10), (3, 6)])  # (3, 6): code/n_dac quotient is 1 − 1 ulp
 def test_fused_constants_share_the_read_weights(dac_bits, adc_bits):
-    """Programmed inference keeps no second copy of the read weights (20 B/weight holds):
+    """Programmed inference keeps no second copy of the read weights (4 B/weight holds):
     the cached tile weights are views of `_w_read`."""
     cfg = af.AnalogConfig(dac=DACConfig(bits=dac_bits), adc=ADCConfig(bits=adc_bits))
     layer, _ = _layer(cfg, 100, 70)

@@ -55,6 +55,14 @@ def sample_drift_exponents(g_target: torch.Tensor, cfg: PCMConfig,
     return _randn_like(g_target, generator).mul_(sigma).add_(mu).abs_()
 
 
+def skip_drift_exponents(g_target: torch.Tensor, cfg: PCMConfig,
+                         generator: Optional[torch.Generator] = None) -> None:
+    """Advance `generator` exactly as `sample_drift_exponents(g_target, cfg, generator)` would,
+    without computing ν (its draws, when `drift_spread` is on)."""
+    if cfg.drift_spread:
+        _randn_like(g_target, generator)
+
+
 def drift_factor(t_seconds: float, nu: torch.Tensor, cfg: PCMConfig) -> torch.Tensor:
     """((t + t_0)/t_0)^(−ν): the multiplicative conductance decay at t seconds
     (computed as exp(−ν·ln((t + t_0)/t_0)), half the time of a tensor-exponent pow)."""
@@ -106,8 +114,8 @@ def expected_drift_factor(t_seconds: float, g_target: torch.Tensor, cfg: PCMConf
     if not cfg.drift_spread:
         return drift_factor(t_seconds, mu, cfg)
     x, w = np.polynomial.hermite_e.hermegauss(n_quad)  # weight exp(-x²/2)
-    x = torch.tensor(x, dtype=torch.float64)
-    w = torch.tensor(w / math.sqrt(2 * math.pi), dtype=torch.float64)
+    x = torch.tensor(x, dtype=torch.float64, device=g_target.device)
+    w = torch.tensor(w / math.sqrt(2 * math.pi), dtype=torch.float64, device=g_target.device)
     nu = (mu.double().unsqueeze(-1) + sigma.double().unsqueeze(-1) * x).abs()
     lt = math.log((t_seconds + cfg.t0_seconds) / cfg.t0_seconds)
     return (torch.exp(-nu * lt) * w).sum(-1).to(g_target.dtype)

@@ -200,7 +200,7 @@ class FusedInference:
             at = self._offset_rng.randrange(pool_rows.shape[0] - rows + 1)
             y.add_(pool_rows[at:at + rows], alpha=noise)
         else:
-            y.add_(torch.randn(y.shape, generator=self._generator, dtype=y.dtype), alpha=noise)
+            y.add_(torch.randn(y.shape, generator=self._generator, dtype=y.dtype, device=y.device), alpha=noise)
 
     def _manage_bounds(self, y, xs, w, const: _Constants, r_tok, clip: bool) -> None:
         """Iterative bound management of one tile's ADC codes y (rows, out), in place: the

@@ -27,16 +27,26 @@ slice of the inputs (a batched GEMM on strided tiles is ~3× slower on CPU). Col
 need no split: their ADC and scales act per column. The fused no-grad path of programmed
 inference is in `fused.py`.
 
-Programmed state per layer (non-persistent buffers, float32), in bytes per weight:
-G+ and G− programmed (8), drift exponents ν± (8), current read weights (4) = 20 B/weight
-(the read weights are kept pre-multiplied by the DAC/ADC code factor; `read_weights()`
-gives them normalized), plus a few (row tile, column) vectors (scale, compensation
-reference and factor), and one shared output-noise pool per model
-(`ADCConfig.noise_pool_size` floats, 32 MiB default). Nothing is kept when the layer is
-not programmed.
+Programmed state per layer, in bytes per weight: the current read weights (4 in float32,
+the weight's dtype; kept pre-multiplied by the DAC/ADC code factor, `read_weights()` gives
+them normalized), plus a few (row tile, column) vectors (scale, compensation reference and
+factor) and the programming generator's state (5 KB on the CPU), and one shared
+output-noise pool per model (`ADCConfig.noise_pool_size` floats, 32 MiB default). The
+programmed conductances G± and drift exponents ν± (16 B/weight in float32) are not held:
+they are a deterministic function of the weights and the programming draws, so every
+`drift` regenerates them from the weights and the generator state saved at `program`
+(`programmed_devices()`), bit for bit the tensors `program` drew — at the cost of the
+programming draws once per read. The weights must therefore stay as they were programmed
+(checked: a changed weight is an error that says to program again). Nothing is kept when
+the layer is not programmed.
+
+Device and dtype: state and draws follow the weight's device (generators included); the
+physics run in float32 (or the weight's dtype if wider), the read weights are stored in
+the weight's dtype (bfloat16 models: 2 B/weight).
 """
 from __future__ import annotations
 
+import copy
 import random
 from typing import Callable, List, Optional
 
@@ -44,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import AnalogConfig
+from ..config import AnalogConfig, PCMConfig
 from ..device import pcm
 from ..device.conductance import conductances_to_weight, weight_scales, weight_to_conductances
 from .fused import FusedInference
@@ -55,6 +65,9 @@ from .tile import ReadoutSTE, levels, split_sizes
 class AnalogLinear(FusedInference, Periphery, nn.Linear):
     """nn.Linear on PCM tiles. `weight` stays a real Parameter; state-dict keys are
     nn.Linear's plus `input_range` (the DAC range r)."""
+
+    # the programmed state (non-persistent buffers; None when not programmed)
+    _STATE = ("_w_scale", "_w_read", "_out_scale", "_comp_ref", "_comp_factor")
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  config: Optional[AnalogConfig] = None, name: str = "",
@@ -70,7 +83,8 @@ class AnalogLinear(FusedInference, Periphery, nn.Linear):
         self.col_sizes: List[int] = split_sizes(out_features, tile.cols, tile.split_policy)
         self.tile_rows = max(self.row_sizes)
         n_pad = len(self.row_sizes) * self.tile_rows - in_features
-        self.input_range = nn.Parameter(torch.tensor(float(self.config.dac.init_range), device=device))
+        self.input_range = nn.Parameter(torch.tensor(float(self.config.dac.init_range), device=device,
+                                                     dtype=dtype))
         # HWA hook: maps normalized tiled weights (K, R, out) to noisy ones in training mode.
         self.weight_noise: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         if n_pad:
@@ -81,9 +95,12 @@ class AnalogLinear(FusedInference, Periphery, nn.Linear):
             self.register_buffer("_pad_index", torch.tensor(idx, device=device), persistent=False)
         else:
             self._pad_index = None
-        for buf in ("_g_prog", "_nu", "_w_scale", "_w_read", "_out_scale", "_comp_ref", "_comp_factor"):
+        for buf in self._STATE:
             self.register_buffer(buf, None, persistent=False)
         self._generator: Optional[torch.Generator] = None
+        self._prog_rng_state: Optional[torch.Tensor] = None  # the generator at `program` (regenerates G, ν)
+        self._prog_check: Optional[tuple] = None  # fingerprint of the programmed weights
+        self._prog_config: Optional[tuple] = None  # (PCMConfig, per-column scales) as programmed
         self._offset_rng: Optional[random.Random] = None  # pool offsets, seeded with the generator
         self._noise_pool: Optional[torch.Tensor] = None  # shared by all layers of a model
         self._train_noise_pool: Optional[torch.Tensor] = None  # HWA training, see training.py
@@ -118,7 +135,7 @@ class AnalogLinear(FusedInference, Periphery, nn.Linear):
 
     @property
     def programmed(self) -> bool:
-        return self._g_prog is not None
+        return self._w_read is not None
 
     def extra_repr(self) -> str:
         c = self.config
@@ -242,25 +259,81 @@ class AnalogLinear(FusedInference, Periphery, nn.Linear):
             raise ValueError(f"AnalogLinear {self.name or '<unnamed>'}: not programmed")
         return self._w_read / self._w_read_scale
 
+    def programmed_state_bytes(self) -> int:
+        """Bytes of the programmed state this layer holds (0 when not programmed): its
+        state tensors and the saved generator state, counted by size (the shared
+        output-noise pool is the model's, not counted here)."""
+        ts = [t for t in (getattr(self, b) for b in self._STATE) if t is not None]
+        if self._prog_rng_state is not None:
+            ts.append(self._prog_rng_state)
+        return sum(t.numel() * t.element_size() for t in ts)
+
     def invalidate(self) -> None:
         """Forget cached inference constants (call after editing `config` in place)."""
         self._state_version += 1
+
+    # ------------------------------------------------------------------ programmed devices
+    def _physics_dtype(self) -> torch.dtype:
+        """float32, or the weight's dtype when that is wider (float64)."""
+        dt = self.weight.dtype
+        return dt if dt.is_floating_point and torch.finfo(dt).bits > 32 else torch.float32
+
+    def _targets(self, cfg: PCMConfig, per_column: bool):
+        """-> (target conductances (2, K, R, out) in µS, w_max scales (K, out)) of the
+        current weights, in the physics dtype."""
+        wt = self._to_tiles(self.weight.detach().to(self._physics_dtype()))
+        scale = weight_scales(wt, self.col_sizes, per_column)
+        wn = (wt / scale.unsqueeze(1)).clamp_(-1.0, 1.0)
+        return torch.stack(weight_to_conductances(wn, cfg.g_max_us)), scale
+
+    def _weight_check(self, scale: torch.Tensor) -> tuple:
+        """A fingerprint of the weights: the sum of their bit patterns as integers (exact, so
+        independent of thread count and summation order) and the w_max scales."""
+        w = self.weight.detach().contiguous()
+        bits = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[w.element_size()]
+        return int(w.view(bits).sum(dtype=torch.int64)), scale
+
+    @torch.no_grad()
+    def programmed_devices(self):
+        """-> (G± programmed (2, K, R, out) µS, drift exponents ν± (2, K, R, out) or None when
+        drift is off): the very tensors `program` drew, regenerated from the weights and the
+        saved generator state (they are not held; see the module docstring)."""
+        if not self.programmed:
+            raise ValueError(f"AnalogLinear {self.name or '<unnamed>'}: not programmed")
+        cfg, per_column = self._prog_config  # as programmed, whatever config edits came since
+        g_target, scale = self._targets(cfg, per_column)
+        if self._prog_check is not None:
+            bits, sc = self._prog_check
+            if self._weight_check(scale)[0] != bits or not torch.equal(scale, sc):
+                raise ValueError(
+                    f"AnalogLinear {self.name or '<unnamed>'}: the weights changed since program(); the "
+                    "programmed devices are regenerated from the programmed weights, so call "
+                    "analogformer.program(model, seed) again after editing or training them")
+        gen = torch.Generator(device=g_target.device)
+        gen.set_state(self._prog_rng_state)
+        g_prog = pcm.program_conductance(g_target, cfg, gen)
+        nu = pcm.sample_drift_exponents(g_target, cfg, gen) if cfg.drift else None
+        return g_prog, nu
 
     # ------------------------------------------------------------------ life cycle
     @torch.no_grad()
     def program(self, generator: torch.Generator) -> None:
         """Map weights to conductances, sample programming noise and drift exponents once,
-        and read the drift-compensation reference right after programming (t = 0)."""
-        cfg = self.config.pcm
-        wt = self._to_tiles(self.weight.detach().float())
-        scale = weight_scales(wt, self.col_sizes, self.config.tile.weight_scale == "column")
-        wn = (wt / scale.unsqueeze(1)).clamp_(-1.0, 1.0)
-        g_target = torch.stack(weight_to_conductances(wn, cfg.g_max_us))  # (2, K, R, out)
+        and read the drift-compensation reference right after programming (t = 0). Only the
+        read weights are kept; G± and ν± are regenerated by `programmed_devices()`."""
+        cfg = copy.copy(self.config.pcm)
+        self._prog_config = (cfg, self.config.tile.weight_scale == "column")
+        g_target, scale = self._targets(*self._prog_config)
         self.set_generator(generator)
-        self._g_prog = pcm.program_conductance(g_target, cfg, generator)
-        self._nu = pcm.sample_drift_exponents(g_target, cfg, generator) if cfg.drift else None
+        self._prog_rng_state = generator.get_state()
+        g_prog = pcm.program_conductance(g_target, cfg, generator)
+        if cfg.drift:  # the ν draws, so that later draws (reads) come where they always did
+            pcm.skip_drift_exponents(g_target, cfg, generator)
+        del g_target
+        self._prog_check = self._weight_check(scale)
         self._w_scale = scale
-        self._w_read = conductances_to_weight(self._g_prog[0], self._g_prog[1], cfg.g_max_us)
+        self._w_read = conductances_to_weight(g_prog[0], g_prog[1], cfg.g_max_us).to(self.weight.dtype)
+        del g_prog
         self._w_read_scale = 1.0
         self.t_seconds = 0.0
         # the reference is kept whether or not compensation is on, so one programmed
@@ -278,7 +351,9 @@ class AnalogLinear(FusedInference, Periphery, nn.Linear):
             raise ValueError(f"AnalogLinear {self.name or '<unnamed>'}: drift() before program(); "
                              "call analogformer.program(model, seed) first")
         cfg = self.config.pcm
-        g = pcm.conductance_at(self._g_prog, self._nu, float(t_seconds), cfg, self._generator)
+        g_prog, nu = self.programmed_devices()
+        g = pcm.conductance_at(g_prog, nu, float(t_seconds), cfg, self._generator)
+        del g_prog, nu
         torch.sub(g[0], g[1], out=self._w_read).div_(cfg.g_max_us)
         self._w_read_scale = 1.0
         del g
@@ -306,8 +381,9 @@ class AnalogLinear(FusedInference, Periphery, nn.Linear):
 
     def unprogram(self) -> None:
         """Drop the programmed state: back to live (ideal-device) weights."""
-        for buf in ("_g_prog", "_nu", "_w_scale", "_w_read", "_out_scale", "_comp_ref", "_comp_factor"):
+        for buf in self._STATE:
             setattr(self, buf, None)
+        self._prog_rng_state = self._prog_check = self._prog_config = None
         self.set_generator(None)
         self._noise_pool = None
         self.invalidate()

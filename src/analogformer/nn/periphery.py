@@ -99,7 +99,7 @@ class Periphery:
             train_pool = self._train_noise_pool  # HWA training (HWAConfig.output_noise_pool)
             if self.training and train_pool is not None and n <= train_pool.numel():
                 start = int(torch.randint(train_pool.numel() - n + 1, (1,)))
-                return train_pool[start:start + n].view(shape)
+                return train_pool[start:start + n].view(shape).to(dtype)  # no copy when dtypes match
             return torch.randn(shape, dtype=dtype, device=device)
         return self._programmed_noise(shape, dtype, device)
 
@@ -215,7 +215,8 @@ class Periphery:
                 ys[k] = ys[k].index_put((rows,), yj)
                 if nj is not None:
                     noise[k].index_put_((rows,), nj)
-                mult[k].index_put_((rows,), m if torch.is_tensor(m) else torch.tensor(m, dtype=mult.dtype))
+                mult[k].index_put_((rows,), m if torch.is_tensor(m) else
+                                   torch.tensor(m, dtype=mult.dtype, device=mult.device))
 
             reread_saturated(t.clamp_(-n, n).round_(), n - 0.5, self.col_sizes, iters, read, replace)
         return ys, noise, mult
