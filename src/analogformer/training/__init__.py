@@ -8,12 +8,12 @@ from .hwa import (OUTPUT_SCALE, GaussianWeightNoise, HWAConfig, PCMWeightNoise, 
 
 __all__ = ["HWAConfig", "GaussianWeightNoise", "PCMWeightNoise", "prepare_hwa", "remove_hwa",
            "clip_weights", "clamp_input_ranges", "hwa_after_step", "param_groups",
-           "input_range_parameters", "HWACallback", "OUTPUT_SCALE"]
+           "input_range_parameters", "HWACallback", "DistillationTrainer", "OUTPUT_SCALE"]
 
 
 def __getattr__(name: str):
-    # HWACallback is built on first use so importing training does not import the HF Trainer
-    if name == "HWACallback":
-        from . import hwa
-        return hwa.HWACallback
+    # HWACallback and DistillationTrainer are built on first use so importing training does not import the HF Trainer
+    if name in ("HWACallback", "DistillationTrainer"):
+        from .hf_trainer import trainer_classes
+        return trainer_classes()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

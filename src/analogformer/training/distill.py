@@ -20,16 +20,41 @@ __all__ = ["distillation_loss", "hidden_distillation_loss", "augment_tokens"]
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                      temperature: float) -> torch.Tensor:
-    """Hinton et al.'s soft-target loss ``T^2 * KL(softmax(t/T) || softmax(s/T))`` (batch
-    mean); for one-output (regression) heads the mean squared difference to the teacher."""
+                      temperature: float, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Hinton et al.'s soft-target loss ``T^2 * KL(softmax(t/T) || softmax(s/T))``.
+
+    (batch, classes) logits: the batch mean; one-output (regression) heads: the mean squared
+    difference to the teacher. (batch, seq, vocab) logits (a language model): the mean over
+    tokens of each token's KL, over the real tokens only when an ``attention_mask``
+    (batch, seq) is given, so the loss does not grow with the sequence length or with the
+    padding of a batch."""
     teacher_logits = teacher_logits.detach().to(student_logits.dtype)
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"distillation needs logits of the same shape in student and teacher, got "
+                         f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}")
     if student_logits.shape[-1] == 1:
         return torch.nn.functional.mse_loss(student_logits, teacher_logits)
     t = temperature
-    return torch.nn.functional.kl_div(torch.log_softmax(student_logits / t, dim=-1),
-                                      torch.log_softmax(teacher_logits / t, dim=-1),
-                                      reduction="batchmean", log_target=True) * t * t
+    if student_logits.dim() == 2:
+        return torch.nn.functional.kl_div(torch.log_softmax(student_logits / t, dim=-1),
+                                          torch.log_softmax(teacher_logits / t, dim=-1),
+                                          reduction="batchmean", log_target=True) * t * t
+    if student_logits.dim() != 3:
+        raise ValueError(f"distillation takes (batch, classes) or (batch, seq, vocab) logits, got shape "
+                         f"{tuple(student_logits.shape)}")
+    per_token = torch.nn.functional.kl_div(torch.log_softmax(student_logits / t, dim=-1),
+                                           torch.log_softmax(teacher_logits / t, dim=-1),
+                                           reduction="none", log_target=True).sum(-1)  # (batch, seq)
+    if attention_mask is None:
+        return per_token.mean() * t * t
+    if attention_mask.shape != per_token.shape:
+        raise ValueError(f"the attention mask of the distillation loss must be (batch, seq) = "
+                         f"{tuple(per_token.shape)}, got {tuple(attention_mask.shape)}")
+    keep = attention_mask.to(per_token.dtype)
+    n = keep.sum()
+    if n == 0:
+        raise ValueError("distillation on a batch without real tokens (its attention mask is all 0)")
+    return (per_token * keep).sum() / n * t * t
 
 
 def hidden_distillation_loss(student_hidden: tuple[torch.Tensor, ...],

@@ -15,9 +15,9 @@ memorised (the losses and the augmentation are in ``distill.py``).
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterable
+from pathlib import Path
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -26,118 +26,11 @@ from tqdm.auto import tqdm
 from .averaging import WeightAverage
 from .checkpoint import device_of as _device_of, nonfinite_parameters, predict, save_checkpoint, to_device as _to
 from .distill import augment_tokens, distillation_loss, hidden_distillation_loss
+from .finetune_config import FinetuneConfig
+from .train_state import load_train_state, save_train_state
 
 __all__ = ["FinetuneConfig", "FinetuneHistory", "distillation_loss", "hidden_distillation_loss", "augment_tokens",
            "unlabelled", "finetune", "total_steps", "predict", "save_checkpoint"]
-
-
-@dataclass
-class FinetuneConfig:
-    """Fine-tuning hyper-parameters. ``None`` means off (no clipping, no cap)."""
-
-    learning_rate: float = 2e-5
-    """Peak learning rate of AdamW (linear warm-up, then linear decay to 0)."""
-    epochs: int = 3
-    """Passes over the training set."""
-    batch_size: int = 32
-    """Training batch size."""
-    weight_decay: float = 0.01
-    """AdamW weight decay of the matrices (biases, LayerNorm and other vectors get none)."""
-    warmup_ratio: float = 0.1
-    """Share of the optimizer steps spent warming the learning rate up from 0, in [0, 1)."""
-    max_grad_norm: float | None = 1.0
-    """Gradient-norm clipping; None = no clipping."""
-    seed: int = 0
-    """Seeds dropout and the augmentation draws; a study also seeds the batch order from it
-    (its `best_of` candidate k uses seed + k)."""
-    max_train_examples: int | None = None
-    """Train on a seeded subset of this many examples; None = all."""
-    max_eval_examples: int | None = None
-    """Evaluate on a seeded subset of this many dev examples; None = all."""
-    max_steps: int | None = None
-    """Stop after this many optimizer steps (caps `epochs`); None = no cap."""
-    distill_weight: float = 0.0
-    """Knowledge distillation from the teacher passed to `finetune(teacher=)`: the loss is
-    (1 − w)·task loss + w·T²·KL(teacher_T ‖ student_T) (MSE to the teacher's output for
-    regression tasks), w in [0, 1]. 0 = off."""
-    distill_temperature: float = 2.0
-    """Temperature T of the logit distillation."""
-    distill_hidden_weight: float = 0.0
-    """Layer-wise distillation: + w_h · the mean over the transformer layers of the relative
-    squared error ‖h_student − h_teacher‖² / ‖h_teacher‖² of each layer's output hidden states
-    (real tokens only). Needs the same hidden size in both (true for FFN / row pruning). 0 = off."""
-    augment_prob: float = 0.0
-    """Distillation on augmented inputs: every batch also goes through teacher and student as
-    a copy in which each real, non-special token is replaced with this probability by another
-    token of the batch (`distill.augment_tokens`); needs a teacher and the tokenizer's
-    special ids; about doubles a step's cost. 0 = off."""
-    augment_weight: float = 1.0
-    """Weight of the logit distillation term (and of the layer-wise one when
-    `distill_hidden_weight` > 0) on the augmented copy."""
-    eval_every: int | None = None
-    """Dev-set evaluations: `finetune(..., score=)` is evaluated at the start, every this many
-    optimizer steps and at the end; None = no evaluations."""
-    keep_best: bool = False
-    """Restore the best-scoring evaluated state at the end (as the HF Trainer's
-    load_best_model_at_end); needs `eval_every`."""
-    ema_decay: float | None = None
-    """Weight averaging: keep an exponential moving average of the trainable parameters,
-    ema ← d·ema + (1 − d)·params after every optimizer step (after `after_step`: a fixed pruning
-    mask and weight clipping hold in the average too, masks that change during training do
-    not), starting from the weights training starts from. The averaged weights are what dev
-    evaluations score and what the model holds at the end (Polyak averaging; 0.99 averages
-    ~the last 100 steps and damps the step-to-step swings of fine-tuning on small tasks); the
-    live weights train exactly as without. None = off."""
-
-    def __post_init__(self):
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs must be an int >= 1, got {self.epochs!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0 or None (no clipping), "
-                             f"got {self.max_grad_norm}")
-        if not 0 <= self.distill_weight <= 1:
-            raise ValueError(f"distill_weight must be in [0, 1] (0 = no distillation), "
-                             f"got {self.distill_weight}")
-        if not (self.distill_hidden_weight >= 0 and math.isfinite(self.distill_hidden_weight)):
-            raise ValueError(f"distill_hidden_weight must be a finite number >= 0 (0 = off), "
-                             f"got {self.distill_hidden_weight}")
-        if not (0 <= self.augment_prob < 1):
-            raise ValueError(f"augment_prob must be in [0, 1) (the share of tokens replaced in the "
-                             f"augmented copy; 0 = off), got {self.augment_prob}")
-        if not (self.augment_weight >= 0 and math.isfinite(self.augment_weight)):
-            raise ValueError(f"augment_weight must be a finite number >= 0, got {self.augment_weight}")
-        if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
-            raise ValueError(f"distill_temperature must be a finite number > 0, "
-                             f"got {self.distill_temperature}")
-        if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float))
-                                               and 0 < self.ema_decay < 1):
-            raise ValueError(f"ema_decay must be in (0, 1) (e.g. 0.99 averages about the last 100 "
-                             f"steps) or null (off), got {self.ema_decay!r}")
-        if not isinstance(self.keep_best, bool):
-            raise ValueError(f"keep_best must be true or false, got {self.keep_best!r}")
-        if self.keep_best and self.eval_every is None:
-            raise ValueError("keep_best needs eval_every (optimizer steps between dev "
-                             "evaluations), e.g. eval_every: 50")
-        for name in ("max_train_examples", "max_eval_examples", "max_steps", "eval_every"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an int >= 1 or None (no cap), got {value!r}")
-
-    # the options that need `finetune(..., teacher=)` when > 0
-    TEACHER_FIELDS: ClassVar[tuple] = ("distill_weight", "distill_hidden_weight", "augment_prob")
-
-    @property
-    def needs_teacher(self) -> bool:
-        """Whether `finetune` needs a teacher model (a distillation term or augmentation is on)."""
-        return any(getattr(self, name) > 0 for name in self.TEACHER_FIELDS)
 
 
 @dataclass
@@ -180,8 +73,11 @@ def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def total_steps(cfg: FinetuneConfig, train_loader) -> int:
-    """Optimizer steps `finetune` takes: `epochs` passes over the loader, capped by `max_steps`."""
-    total = cfg.epochs * len(train_loader)
+    """Optimizer steps `finetune` takes: `epochs` passes over the loader (one step per
+    `gradient_accumulation_steps` batches, an epoch's last step on the batches left), capped
+    by `max_steps`."""
+    k = cfg.gradient_accumulation_steps
+    total = cfg.epochs * ((len(train_loader) + k - 1) // k)
     return total if cfg.max_steps is None else min(total, cfg.max_steps)
 
 
@@ -192,7 +88,8 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
              teacher: nn.Module | None = None,
              score: Callable[[nn.Module], float | None] | None = None,
              special_ids: Iterable[int] | None = None,
-             higher_is_better: bool = True) -> FinetuneHistory:
+             higher_is_better: bool = True,
+             state_dir: str | Path | None = None) -> FinetuneHistory:
     """Train ``model`` in place on ``train_loader`` batches; returns the loss history.
 
     ``cfg.seed`` seeds torch's RNG (dropout); the batch order comes from the loader's own
@@ -208,7 +105,9 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
     training trajectory is the same with or without evaluations. ``special_ids`` (the
     tokenizer's ``all_special_ids``) are the tokens augmentation must not replace; required
     when ``cfg.augment_prob > 0``. The augmentation draws from its own generator seeded with
-    ``cfg.seed``.
+    ``cfg.seed``. ``state_dir`` (required by ``cfg.checkpoint_every``) is the folder of the
+    training-state checkpoints (`train_state.py`): a run given a folder holding a state resumes
+    from it, and the state is left there (a finished run resumed returns at once).
     """
     augment = cfg.augment_prob > 0
     for name in FinetuneConfig.TEACHER_FIELDS:
@@ -218,6 +117,9 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
     if augment and special_ids is None:
         raise ValueError(f"augment_prob={cfg.augment_prob} needs the tokens it must not replace: "
                          "pass finetune(..., special_ids=tokenizer.all_special_ids)")
+    if cfg.checkpoint_every is not None and state_dir is None:
+        raise ValueError(f"checkpoint_every={cfg.checkpoint_every} needs the folder of the training state: "
+                         "pass finetune(..., state_dir=folder) or set checkpoint_every: null")
     if cfg.eval_every is not None and score is None:
         raise ValueError(f"eval_every={cfg.eval_every} needs a score function: pass "
                          "finetune(..., score=lambda m: dev metric) or set eval_every: null")
@@ -225,7 +127,7 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
         teacher.eval()
     torch.manual_seed(cfg.seed)
     loop = _Loop(model, train_loader, cfg, after_step, extra_loss, teacher, score, special_ids, higher_is_better)
-    return loop.run(progress)
+    return loop.run(progress, None if state_dir is None else Path(state_dir))
 
 
 class _Loop:
@@ -258,7 +160,7 @@ class _Loop:
         cfg = self.cfg
         with torch.no_grad():
             tgt = self.teacher(**unlabelled(batch), output_hidden_states=self.hidden)
-        soft = distillation_loss(out.logits, tgt.logits, cfg.distill_temperature)
+        soft = distillation_loss(out.logits, tgt.logits, cfg.distill_temperature, batch.get("attention_mask"))
         if not self.hidden:
             return soft, None
         return soft, cfg.distill_hidden_weight * hidden_distillation_loss(
@@ -295,28 +197,35 @@ class _Loop:
             loss = loss + self.extra_loss(model)
         return loss
 
-    def augmented_loss(self, batch: dict) -> torch.Tensor:
+    def augmented_loss(self, batch: dict, weight: float) -> torch.Tensor:
         """The distillation terms on a token-replaced copy of the batch, backpropagated
-        (a second backward: the first graph is freed before this one is built)."""
+        times `weight` (a second backward: the first graph is freed before this one is built)."""
         cfg = self.cfg
         aug = dict(batch, input_ids=augment_tokens(batch["input_ids"].cpu(), _cpu(batch.get("attention_mask")),
                                                    cfg.augment_prob, self.special, self.aug_gen).to(self.device))
         out = self.model(**unlabelled(aug), output_hidden_states=self.hidden)
         soft, layers = self.teacher_terms(out, aug)
         aug_loss = cfg.augment_weight * (soft if layers is None else soft + layers)
-        aug_loss.backward()
+        (aug_loss * weight if weight != 1.0 else aug_loss).backward()
         return aug_loss.detach()
 
-    def step(self, batch: dict) -> float:
-        """One optimizer step on `batch`; returns its loss."""
+    def step(self, batches: list[dict]) -> float:
+        """One optimizer step on the gradients of `batches` (one, or the micro-batches of a
+        gradient-accumulation step, each weighted by its share of the examples); returns the
+        step's loss (the same weighted sum)."""
         cfg, model = self.cfg, self.model
-        loss = self.loss(batch)
-        if not torch.isfinite(loss.detach()).all():
-            raise _nonfinite_loss(model, loss, len(self.history.losses) + 1, self.total)
+        sizes = [_examples(b) for b in batches]
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.augment:
-            loss = loss.detach() + self.augmented_loss(batch)
+        total = 0.0 if len(batches) > 1 else None
+        for batch, n in zip(batches, sizes):
+            weight = 1.0 if len(batches) == 1 else n / sum(sizes)
+            loss = self.loss(batch)
+            if not torch.isfinite(loss.detach()).all():
+                raise _nonfinite_loss(model, loss, len(self.history.losses) + 1, self.total)
+            (loss * weight if weight != 1.0 else loss).backward()
+            if self.augment:
+                loss = loss.detach() + self.augmented_loss(batch, weight)
+            total = loss.detach() if total is None else total + weight * loss.detach()
         if cfg.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         self.history.learning_rates.append(self.scheduler.get_last_lr()[0])
@@ -326,23 +235,49 @@ class _Loop:
             self.after_step(model)
         if self.ema is not None:
             self.ema.update()
-        return float(loss.detach())
+        return float(total)
 
-    def run(self, progress: bool) -> FinetuneHistory:
-        cfg, model, history, total = self.cfg, self.model, self.history, self.total
-        model.train()
-        if cfg.eval_every is not None:
+    def _after_step(self, bar, position: tuple[int, int], state_dir: Path | None) -> None:
+        cfg, history, total = self.cfg, self.history, self.total
+        bar.update(1)
+        bar.set_postfix(loss=f"{history.losses[-1]:.4f}")
+        if cfg.eval_every is not None and (history.steps % cfg.eval_every == 0 or history.steps >= total):
             self.dev_eval()
-        bar = tqdm(total=total, desc="fine-tune", disable=not progress, leave=False)
+        if state_dir is not None and (history.steps % cfg.checkpoint_every == 0 or history.steps >= total):
+            save_train_state(state_dir, self, position)
+
+    def run(self, progress: bool, state_dir: Path | None = None) -> FinetuneHistory:
+        cfg, model, history, total = self.cfg, self.model, self.history, self.total
+        k = cfg.gradient_accumulation_steps
+        model.train()
+        resumed = load_train_state(state_dir, self) if state_dir is not None else None
+        if resumed is None and cfg.eval_every is not None:
+            self.dev_eval()
+        # a resumed run goes through the data up to where the state was saved without training,
+        # so the loader's own generator draws the same orders, then takes the RNG states it had
+        skip_to = None if resumed is None else tuple(resumed["position"])  # (epoch, batches consumed ≥ 1)
+        bar = tqdm(total=total, initial=history.steps, desc="fine-tune", disable=not progress, leave=False)
+        epoch = 0
         while history.steps < total:
-            for batch in self.loader:
-                history.losses.append(self.step(_to(batch, self.device)))
-                bar.update(1)
-                bar.set_postfix(loss=f"{history.losses[-1]:.4f}")
-                if cfg.eval_every is not None and (history.steps % cfg.eval_every == 0 or history.steps >= total):
-                    self.dev_eval()
-                if history.steps >= total:
-                    break
+            micro: list[dict] = []
+            for i, batch in enumerate(self.loader):
+                if skip_to is not None:
+                    if (epoch, i + 1) == skip_to:
+                        self._restore_rng(resumed)
+                        skip_to = None
+                    continue
+                micro.append(_to(batch, self.device))
+                if len(micro) == k:
+                    history.losses.append(self.step(micro))
+                    micro = []
+                    self._after_step(bar, (epoch, i + 1), state_dir)
+                    if history.steps >= total:
+                        break
+            else:
+                if micro:  # the epoch's last step, on the batches left
+                    history.losses.append(self.step(micro))
+                    self._after_step(bar, (epoch, len(self.loader)), state_dir)
+            epoch += 1
         bar.close()
         if self.best:
             model.load_state_dict(self.best["state"])
@@ -351,6 +286,19 @@ class _Loop:
             self.ema.copy_to_model()
         model.eval()
         return history
+
+    def _restore_rng(self, state: dict) -> None:
+        torch.set_rng_state(state["rng"])
+        if self.aug_gen is not None:
+            self.aug_gen.set_state(state["aug_rng"])
+
+
+def _examples(batch: dict) -> int:
+    """The number of examples of a batch (its first tensor's leading dimension)."""
+    for key in ("input_ids", "labels", "pixel_values"):
+        if torch.is_tensor(batch.get(key)):
+            return int(batch[key].shape[0])
+    return int(next(v for v in batch.values() if torch.is_tensor(v)).shape[0])
 
 
 def _nonfinite_loss(model: nn.Module, loss: torch.Tensor, step: int, total: int) -> FloatingPointError:

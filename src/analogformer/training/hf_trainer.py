@@ -1,0 +1,80 @@
+"""HWA and distillation with the Hugging Face `Trainer` instead of `finetune`.
+
+    from analogformer.training import HWACallback, DistillationTrainer, param_groups, prepare_hwa
+    prepare_hwa(model, hwa_cfg, calib_batches=batches)
+    opt = torch.optim.AdamW(param_groups(model, lr=1e-5, input_range_lr=hwa_cfg.input_range_lr))
+    trainer = DistillationTrainer(model=model, args=TrainingArguments(...), train_dataset=ds,
+                                  teacher=digital_model, distill_weight=1.0, distill_temperature=2.0,
+                                  optimizers=(opt, None), callbacks=[HWACallback(hwa_cfg)])
+    trainer.train(); remove_hwa(model)
+
+`HWACallback` clips the weights and keeps DAC ranges positive after every optimizer step (what
+`hwa_after_step` does in `finetune`); `DistillationTrainer` is a `Trainer` whose loss is
+(1 − w)·task loss + w·T²·KL(teacher ‖ student), per token for language models
+(`distill.distillation_loss`). The classes are built on first use, so importing analogformer
+does not import the Trainer.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .distill import distillation_loss
+
+__all__ = ["trainer_classes"]
+
+
+@functools.lru_cache(maxsize=None)
+def trainer_classes() -> dict:
+    """{"HWACallback": ..., "DistillationTrainer": ...}, built once."""
+    try:
+        from transformers import Trainer, TrainerCallback
+    except ImportError as err:  # transformers is optional for plain PyTorch models
+        raise ImportError("HWACallback and DistillationTrainer need transformers (`pip install transformers`)") from err
+    from .hwa import hwa_after_step
+
+    class HWACallback(TrainerCallback):
+        """HF `Trainer` callback: clips weights and keeps DAC ranges positive after every
+        optimizer step. Give the Trainer `optimizers=(AdamW(param_groups(...)), None)`
+        to train the ranges at their own learning rate."""
+
+        def __init__(self, hwa_cfg):
+            self.after_step = hwa_after_step(hwa_cfg)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if model is not None:
+                self.after_step(model)
+            return control
+
+    class DistillationTrainer(Trainer):
+        """A `Trainer` that distils from a frozen `teacher`: loss = (1 − w)·task loss + w·T²·KL,
+        per real token for (batch, seq, vocab) logits. With gradient accumulation the loss of
+        each micro-batch is divided by the number of accumulation steps (the loss is a mean
+        over its own tokens)."""
+
+        def __init__(self, *args, teacher: torch.nn.Module, distill_weight: float = 1.0,
+                     distill_temperature: float = 2.0, **kwargs):
+            if not 0 < distill_weight <= 1:
+                raise ValueError(f"DistillationTrainer: distill_weight must be in (0, 1], got {distill_weight!r}")
+            if not distill_temperature > 0:
+                raise ValueError(f"DistillationTrainer: distill_temperature must be > 0, got {distill_temperature!r}")
+            super().__init__(*args, **kwargs)
+            self.teacher = teacher.eval()
+            self.distill_weight, self.distill_temperature = float(distill_weight), float(distill_temperature)
+            # our loss is a per-token mean: the Trainer divides it by the accumulation steps
+            self.model_accepts_loss_kwargs = False
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            w = self.distill_weight
+            student_inputs = inputs if w < 1 else {k: v for k, v in inputs.items() if k != "labels"}
+            outputs = model(**student_inputs)
+            with torch.no_grad():
+                teacher_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+            loss = distillation_loss(outputs.logits, teacher_logits, self.distill_temperature,
+                                     inputs.get("attention_mask"))
+            if w < 1:
+                loss = (1 - w) * outputs.loss + w * loss
+            return (loss, outputs) if return_outputs else loss
+
+    return {"HWACallback": HWACallback, "DistillationTrainer": DistillationTrainer}
