@@ -21,6 +21,7 @@ from ..tasks.lm_generate import GenerationConfig
 from ..tasks.registry import find_task, task_names
 from ..training.finetune import FinetuneConfig
 from ..training.hwa import HWAConfig
+from ..training.teacher_text import TeacherTextConfig
 from .prune_config import PruneStudyConfig
 from .ray_sweep import ExecutionConfig
 from .sweep import CONDITIONS, SweepConfig
@@ -71,9 +72,17 @@ class HWAStudyConfig:
     init_from: str = "digital"
     """Start HWA training from the "digital" fine-tuned checkpoint or from the "pretrained"
     model."""
+    teacher_text: Optional[TeacherTextConfig] = None
+    """Causal LMs: distil on text the digital model samples itself (seeded; first tokens drawn from
+    the task's training text) instead of the task's training windows; null = the task's windows."""
 
     def __post_init__(self):
         check_choice(self, "init_from", {"digital", "pretrained"})
+        if isinstance(self.teacher_text, dict):
+            self.teacher_text = from_dict(TeacherTextConfig, self.teacher_text, prefix="hwa.teacher_text")
+        elif self.teacher_text is not None and not isinstance(self.teacher_text, TeacherTextConfig):
+            fail("HWAStudyConfig", "teacher_text", f"must be a mapping of TeacherTextConfig fields or null, "
+                                                   f"got {self.teacher_text!r}")
         if self.recipe is None:
             self.recipe = HWAConfig()
         elif isinstance(self.recipe, dict):
@@ -173,6 +182,11 @@ class StudyConfig:
         models = {CONDITIONS[c].model for c in self.conditions}
         if "hwa" in models and self.hwa is None:
             fail("StudyConfig", "conditions", "an 'hwa*' condition needs an `hwa:` section")
+        if self.hwa is not None and self.hwa.teacher_text is not None:
+            not_lm = [t for t in self.tasks if find_task(t).task.auto_class != "AutoModelForCausalLM"]
+            if not_lm:
+                fail("StudyConfig", "hwa.teacher_text", f"samples text from a causal LM, and {not_lm} are not "
+                                                        "causal-LM tasks: remove hwa.teacher_text or those tasks")
         if "pruned" in models and self.pruning is None:
             fail("StudyConfig", "conditions", "a 'pruned*' condition needs a `pruning:` section")
         for task, over in self.finetune_per_task.items():
@@ -191,6 +205,10 @@ class StudyConfig:
             if over is not None:
                 for task in self.tasks:
                     f = self.finetune_for(task, over, prefix=section)
+                    if section == "pruning.retrain" and f.checkpoint_every is not None:
+                        fail("StudyConfig", "pruning.retrain.checkpoint_every",
+                             f"{f.checkpoint_every} for {task!r}: a study saves training states of the digital and "
+                             "HWA fine-tunes only; set checkpoint_every under hwa.finetune, or null here")
                     # on the resolved recipe: ema_decay may come from `finetune` / `finetune_per_task`
                     if section == "pruning.retrain" and self.pruning.stages > 1 and f.ema_decay is not None:
                         fail("StudyConfig", "pruning.retrain.ema_decay",

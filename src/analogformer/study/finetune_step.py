@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Callable, Dict, Tuple
 
 import tempfile
 
+import torch
 from torch import nn
 
 from ..inference import drift, program
@@ -29,6 +31,7 @@ from ..logs import get_logger
 from ..nn.convert import analog_layers, analogize
 from ..training.finetune import FinetuneConfig, finetune, save_checkpoint
 from ..training.hwa import hwa_after_step, prepare_hwa, remove_hwa
+from ..training.teacher_text import teacher_text, window_batches
 from .folder import checkpoint_saved, require_finite
 from .sweep import set_input_ranges
 
@@ -90,12 +93,13 @@ def digital_model(cfg, data, base: nn.Module, tok, out: Path, progress: bool) ->
         model, t = copy.deepcopy(base), time.time()
         hist = finetune(model, data.train_loader(fk.batch_size, fk.seed), fk, progress=progress,
                         score=(lambda m: data.dev_headline(m)) if fk.eval_every else None,
-                        higher_is_better=data.higher_is_better)
+                        higher_is_better=data.higher_is_better, state_dir=_state_dir(path, fk, k))
         log_evals(data.name, "digital", hist)
         score = data.dev_headline(model) if cfg.best_of > 1 else float("nan")
         return model, {"history": _history(hist, t)}, score
 
     model, extra = _best_of(cfg, data, "digital", train, path, tok)
+    shutil.rmtree(_state_root(path), ignore_errors=True)
     return model.eval()
 
 
@@ -112,11 +116,13 @@ def hwa_model(cfg, data, base: nn.Module, digital: nn.Module, tok, out: Path, pr
                              "the HWA model") from None
         return load_reused(data, path), ranges
     h = cfg.hwa
-    fcfg = cfg.finetune_for(data.name, h.finetune)
+    fcfg = hwa_recipe(cfg, data)
     logger.info(f"{data.name}: HWA fine-tuning ({fcfg.epochs} epoch(s), lr {fcfg.learning_rate:g}, "
          f"noise {h.recipe.weight_noise} x{h.recipe.weight_noise_scale}"
          + (f", distilled from the digital model w={fcfg.distill_weight:g}" if fcfg.distill_weight > 0 else "")
-         + (f", best of {cfg.best_of} seeds on tiles" if cfg.best_of > 1 else "") + ")")
+         + (f", best of {cfg.best_of} seeds on tiles" if cfg.best_of > 1 else "")
+         + (f", on {h.teacher_text.sequences} sequences the digital model wrote" if h.teacher_text else "") + ")")
+    windows = _teacher_windows(h.teacher_text, data, digital) if h.teacher_text is not None else None
 
     def train(k: int):
         fk: FinetuneConfig = replace(fcfg, seed=fcfg.seed + k)
@@ -124,7 +130,9 @@ def hwa_model(cfg, data, base: nn.Module, digital: nn.Module, tok, out: Path, pr
         analogize(model, copy.deepcopy(cfg.analog))
         prepare_hwa(model, h.recipe, calib_batches=data.calib, seed=fk.seed)
         t = time.time()
-        hist = finetune(model, data.train_loader(fk.batch_size, fk.seed + 7), fk,
+        loader = (window_batches(windows, fk.batch_size, fk.seed + 7) if windows is not None
+                  else data.train_loader(fk.batch_size, fk.seed + 7))
+        hist = finetune(model, loader, fk, state_dir=_state_dir(path, fk, k),
                         after_step=hwa_after_step(h.recipe), progress=progress,
                         teacher=digital if fk.needs_teacher else None, special_ids=data.special_ids,
                         score=(lambda m: _tiles_score(cfg, data, m)) if fk.eval_every else None,
@@ -140,7 +148,42 @@ def hwa_model(cfg, data, base: nn.Module, digital: nn.Module, tok, out: Path, pr
 
     _, extra = _best_of(cfg, data, "HWA", train, path, tok)
     ranges_path.write_text(json.dumps(extra["ranges"], indent=1))
+    shutil.rmtree(_state_root(path), ignore_errors=True)
     return data.task.load_trained(path), extra["ranges"]
+
+
+def is_causal_lm(task) -> bool:
+    """Whether a task trains a causal LM (its model class is `AutoModelForCausalLM`)."""
+    return task.auto_class == "AutoModelForCausalLM"
+
+
+def hwa_recipe(cfg, data) -> FinetuneConfig:
+    """The HWA fine-tuning recipe of a task: `hwa.finetune` over the digital recipe. A causal LM
+    distils from the digital model (distill_weight 1: per-token KL to its logits, no
+    next-token loss) unless `hwa.finetune` sets `distill_weight` itself."""
+    fcfg = cfg.finetune_for(data.name, cfg.hwa.finetune)
+    if is_causal_lm(data.task) and "distill_weight" not in cfg.hwa.finetune:
+        fcfg = replace(fcfg, distill_weight=1.0)
+    return fcfg
+
+
+def _teacher_windows(tcfg, data, digital: nn.Module):
+    """`hwa.teacher_text`: sequences the digital model samples, their first tokens drawn from the
+    tokens of the task's training windows."""
+    first = torch.cat([data.train[i]["input_ids"].flatten() for i in range(len(data.train))])
+    logger.info(f"{data.name}: sampling {tcfg.sequences} sequences of {tcfg.tokens} tokens from the digital "
+                f"model (seed {tcfg.seed})")
+    return teacher_text(digital, tcfg, first_tokens=first)
+
+
+def _state_root(path: Path) -> Path:
+    return path.parent / (path.name + ".train-state")
+
+
+def _state_dir(path: Path, fk: FinetuneConfig, k: int):
+    """The training-state folder of candidate k of the fine-tune saved to `path` (`checkpoint_every`);
+    removed once the step's checkpoint is saved. None when no states are kept."""
+    return None if fk.checkpoint_every is None else _state_root(path) / f"candidate-{k}"
 
 
 def load_reused(data, path: Path, load=None) -> nn.Module:
