@@ -39,7 +39,7 @@ def _lines(p):
     return [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", pytest.param("gpt2", marks=pytest.mark.slow)])
 def test_lm_study_end_to_end_and_resume(tmp_path, family):
     path = _study(tmp_path, family)
     cfg = load_study_config(str(path))
@@ -87,3 +87,20 @@ def test_generation_needs_an_lm_task(tmp_path):
     path = _study(tmp_path, "llama", generation={"prompts": ["a"], "conditions": ["hwa"]})
     with pytest.raises(ValueError, match="generation.conditions"):
         load_study_config(str(path))
+
+
+@pytest.mark.slow
+def test_lm_study_int_attention_conditions(tmp_path):
+    """hwa / hwa-int8 / hwa-int6 on a tiny LLaMA: the HWA model trains with the task's loss
+    (labels = input_ids), INT-N attention quantizes LLaMA's attention at a small cost."""
+    path = _study(tmp_path, "llama", conditions=["digital", "hwa", "hwa-int8", "hwa-int6"],
+                  hwa={"finetune": {"max_steps": 2}}, generation={"prompts": ["the cat"], "max_new_tokens": 3},
+                  sweep={"times_seconds": [1], "repeats": 1, "calibration_batches": 2, "eval_batch_size": 4})
+    out = tmp_path / "out"
+    run_study(load_study_config(str(path)), str(out), progress=False)
+    recs = {r["condition"]: r for r in _lines(out / "results.jsonl")}
+    assert set(recs) == {"digital", "hwa", "hwa-int8", "hwa-int6"}
+    assert recs["hwa-int8"]["attention_bits"] == 8 and recs["hwa-int6"]["attention_bits"] == 6
+    ppl = [recs[c]["headline"] for c in ("hwa", "hwa-int8", "hwa-int6")]
+    assert ppl[1] == pytest.approx(ppl[0], rel=0.02) and ppl[2] == pytest.approx(ppl[0], rel=0.05)
+    assert len(_lines(out / "generations.jsonl")) == 4

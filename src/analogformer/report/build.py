@@ -237,9 +237,10 @@ def _time_sections(d: Path, st: _Study, records) -> list[tuple]:
     header, rows = _drop_table(st, glue)
     B.append(("h", 2, "Drop vs digital at the last time point"))
     if rows and any(k for k in st.tasks if any(c == DIGITAL for (t, c, _) in st.cell if t == k)):
-        B += [("p", "Digital minus condition, in points (positive = score lost; for a metric where "
-                    "lower is better, condition minus digital), at each "
-                    "condition's last time point; ± combines both SEMs."), ("table", header, rows)]
+        B += [("p", "Digital minus condition (positive = score lost; for a metric where "
+                    "lower is better, such as a perplexity, condition minus digital), in the units of the "
+                    "tables above, at each condition's last time point; ± combines both SEMs."),
+              ("table", header, rows)]
     else:
         B.append(("p", "Not available: the records have no `digital` baseline or no timed condition."))
     multi = [t for t in _ordered(records, "task")
