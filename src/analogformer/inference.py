@@ -14,6 +14,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
+from .device.conductance import group_amax
 from .nn.convert import analog_layers, ideal_state
 from .seeding import derive_seed
 
@@ -175,3 +176,31 @@ def calibrate_input_ranges(model: nn.Module, batches: Iterable, percentile: Opti
     for name, layer in layers:
         layer.input_range.data.fill_(max(stats[name], 1e-6))
     return stats
+
+
+_WEIGHT_NOISE = "<weight noise>"  # the stream name of additive weight noise
+
+
+@torch.no_grad()
+def add_weight_noise(model: nn.Module, std: float, seed: int) -> nn.Module:
+    """Add Gaussian noise to the current read weights of every programmed analog layer:
+    N(0, (std · max|W| of the tile)²) per weight — aihwkit's additive weight noise relative to
+    the tile's actual max |W| (`WeightModifierType.ADD_NORMAL`, `rel_to_actual_wmax`); 0.0175
+    is seed 002's "standard PCM weight noise". Drawn from (seed, layer name), so each layer's
+    draw is reproducible on its own; the next `drift` reads the conductances afresh (noise gone).
+    The drift-compensation factor of the read is kept (zero-mean noise leaves it unbiased)."""
+    if isinstance(std, bool) or not isinstance(std, (int, float)) or not math.isfinite(std) or std < 0:
+        raise ValueError(f"add_weight_noise: std must be a finite number >= 0 (relative to the tile's max |W|), "
+                         f"got {std!r}")
+    for name, layer in _require_analog(model, "add_weight_noise"):
+        if not layer.programmed:
+            raise ValueError(f"add_weight_noise: layer {name!r} is not programmed; call program(model, seed) first")
+        # read weights are normalized per (row tile, column) by _w_scale; the tile's max |W|
+        # is the max of those scales over the tile's columns (= the scale itself per tile)
+        rel = group_amax(layer._w_scale, layer.col_sizes) / layer._w_scale  # (K, out)
+        g = layer_generator(derive_seed(int(seed), _WEIGHT_NOISE), name)
+        noise = torch.randn(layer._w_read.shape, generator=g, dtype=layer._w_read.dtype)
+        noise.mul_(rel.unsqueeze(1) * float(std) * layer._w_read_scale).mul_(layer._valid_rows())
+        layer._w_read.add_(noise)
+        layer.invalidate()
+    return model

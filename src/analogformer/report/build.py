@@ -268,6 +268,15 @@ def _time_plots(d: Path, st: _Study, group, glue) -> list[tuple]:
         _plot_time(d / f, st.series(task), st.style, f"{ylabel.removesuffix(' (%)')} vs time since programming",
                    ylabel)
         plots.append((f"{task_name(task)} vs time", f))
+        noisy = [c for c in st.conditions if c.partition("@")[0].endswith("weight-noise")]
+        if noisy:  # seed 002's figure: one line per weight-noise level, beside the PCM model alone
+            keep = {DIGITAL, "hwa-digital", *noisy, *(c.partition("@")[0].replace("weight-noise", "") or "analog"
+                                                       for c in noisy)}
+            keep = {k.rstrip("-") for k in keep}
+            f = f"weight_noise_vs_time_{_safe(task)}.png"
+            _plot_time(d / f, {c: v for c, v in st.series(task).items() if c in keep}, st.style,
+                       f"{ylabel.removesuffix(' (%)')} vs time, per weight-noise level (std / max|W| of the tile)", ylabel)
+            plots.append((f"{task_name(task)} vs time per weight-noise level", f))
     if group and any(t is not None for _, t in glue):
         f = f"{_safe(group.lower())}_average_vs_time.png"
         _plot_time(d / f, st.series(None), st.style,

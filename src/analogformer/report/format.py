@@ -52,12 +52,15 @@ CONDITION_LABELS = {
     "hwa-nocomp": "HWA, uncompensated", "hwa-gamma0.5": "HWA, γ = 0.5 devices",
     "hwa-int8": "HWA + INT8 attention", "hwa-int6": "HWA + INT6 attention",
     "pruned-digital": "pruned, digital", "pruned": "pruned, analog",
+    "weight-noise": "analog + weight noise", "hwa-weight-noise": "HWA + weight noise",
 }
 
 
 def condition_label(c: str) -> str:
     """A legend label for a condition name (the name itself when unknown)."""
     base, at, ratio = c.partition("@")
+    if at and base.endswith("weight-noise") and base in CONDITION_LABELS:  # "weight-noise@0.035"
+        return f"{CONDITION_LABELS[base]} {ratio}"
     if at and base in CONDITION_LABELS:  # "pruned@0.333": the model pruned at that ratio
         return f"{CONDITION_LABELS[base]} (ratio {ratio})"
     return CONDITION_LABELS.get(c, c)

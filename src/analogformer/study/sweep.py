@@ -27,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import AnalogConfig, check_positive, fail
-from ..inference import calibrate_input_ranges, drift, program, reseed_noise, set_compensation
+from ..inference import add_weight_noise, calibrate_input_ranges, drift, program, reseed_noise, set_compensation
 from ..nn.convert import analog_layers, analogize
 from ..seeding import derive_seed
 from .records import RecordLog
@@ -46,7 +46,13 @@ class Condition:
     compensation: bool = True
     gamma: float = 1.0
     attention_bits: Optional[int] = None
+    weight_noise: Optional[float] = None
+    """Additive Gaussian weight noise on every read, std relative to the tile's max |W|
+    (`inference.add_weight_noise`), on top of the PCM model; None = none. A study expands a
+    `*weight-noise` condition into one per `sweep.weight_noise_levels` ("weight-noise@0.035")."""
 
+
+WEIGHT_NOISE_LEVELS = (0.0175, 0.035, 0.07)  # seed 002: "standard PCM weight noise" 0.0175, ×2, ×4
 
 CONDITIONS: Dict[str, Condition] = {c.name: c for c in (
     Condition("digital", analog=False),
@@ -59,6 +65,8 @@ CONDITIONS: Dict[str, Condition] = {c.name: c for c in (
     Condition("hwa-gamma0.5", model="hwa", gamma=0.5),
     Condition("hwa-int8", model="hwa", attention_bits=8),
     Condition("hwa-int6", model="hwa", attention_bits=6),
+    Condition("weight-noise", weight_noise=WEIGHT_NOISE_LEVELS[0]),
+    Condition("hwa-weight-noise", model="hwa", weight_noise=WEIGHT_NOISE_LEVELS[0]),
     Condition("pruned-digital", model="pruned", analog=False),
     Condition("pruned", model="pruned"),
 )}
@@ -111,6 +119,10 @@ class SweepConfig:
     times_per_condition: Optional[Dict[str, Tuple[float, ...]]] = None
     """Condition name -> the subset of `times_seconds` it is evaluated at (default: all), e.g.
     {hwa-int6: [2592000]} to add INT6 attention only at 1 month."""
+    weight_noise_levels: Tuple[float, ...] = WEIGHT_NOISE_LEVELS
+    """Additive weight-noise levels (std relative to each tile's max |W|, aihwkit's
+    `rel_to_actual_wmax`) of the `weight-noise` / `hwa-weight-noise` conditions: each becomes
+    one condition per level, "weight-noise@0.035", evaluated on top of the PCM model."""
 
     def __post_init__(self):
         self.times_seconds = _times("times_seconds", self.times_seconds)
@@ -135,6 +147,15 @@ class SweepConfig:
                           f"{list(self.times_seconds)}; not in it: {extra}")
                 fixed[name] = times
             self.times_per_condition = fixed
+        levels = self.weight_noise_levels
+        if isinstance(levels, (int, float)) and not isinstance(levels, bool):
+            levels = [levels]
+        if (not isinstance(levels, (list, tuple)) or not levels
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
+                       for v in levels) or len(set(map(float, levels))) != len(levels)):
+            fail("SweepConfig", "weight_noise_levels", "must be a non-empty list of distinct numbers > 0 (std "
+                 f"relative to the tile's max |W|), e.g. [0.0175, 0.035, 0.07]; got {self.weight_noise_levels!r}")
+        self.weight_noise_levels = tuple(float(v) for v in levels)
 
     def times_for(self, condition: str) -> Tuple[float, ...]:
         """The time points `condition` is evaluated at."""
@@ -188,7 +209,7 @@ def run_time_sweep(models: Dict[str, nn.Module], task: str, conditions: Sequence
     groups: Dict[Tuple, List[Condition]] = {}
     for c in conditions:
         if c.analog:
-            groups.setdefault((c.model, c.gamma, c.attention_bits), []).append(c)
+            groups.setdefault((c.model, c.gamma, c.attention_bits, c.weight_noise), []).append(c)
     todo = len(digital) + sum(1 for c in conditions if c.analog for t in cfg.times_for(c.name)
                               for r in range(cfg.repeats) if not log.has((task, c.name, t, r)))
     bar = tqdm(total=todo, desc=f"{task} sweep", disable=not progress or todo == 0, leave=False)
@@ -209,7 +230,7 @@ def run_time_sweep(models: Dict[str, nn.Module], task: str, conditions: Sequence
         m.eval()
         emit(c, None, 0, evaluate(m))
         bar.update(1)
-    for (model_name, gamma, attn_bits), conds in groups.items():
+    for (model_name, gamma, attn_bits, _), conds in groups.items():
         pending = [(r, t, c) for r in range(cfg.repeats) for t in cfg.times_seconds
                    for c in conds if t in cfg.times_for(c.name) and not log.has((task, c.name, t, r))]
         if not pending:
@@ -257,6 +278,8 @@ def _sweep_repeat(model: nn.Module, task: str, conds: Sequence[Condition], r: in
             continue
         with torch.no_grad():
             drift(model, t, read_seed=derive_seed(cfg.seed, "read", r, float(t)))
+            if conds[0].weight_noise is not None:  # one level per group; the same draw scaled per level
+                add_weight_noise(model, conds[0].weight_noise, seed=derive_seed(cfg.seed, "weight-noise", r, float(t)))
         for c in todo_c:
             set_compensation(model, c.compensation)
             reseed_noise(model, derive_seed(cfg.seed, "forward", r, float(t), c.name))
