@@ -1,5 +1,5 @@
 """A tiny SQuAD study end to end (digital fine-tune, HWA, analog ± compensation over time,
-report) on a tiny random BERT QA model and a synthetic SQuAD folder; resume after an
+INT6 attention, report) on a tiny random BERT QA model and a synthetic SQuAD folder; resume after an
 interruption gives the same records."""
 import json
 import random
@@ -55,14 +55,16 @@ def test_squad_study_end_to_end_and_resume(squad_setup):
            "finetune": {"epochs": 10, "batch_size": 16, "learning_rate": 5e-3},
            "hwa": {"finetune": {"epochs": 1, "learning_rate": 1e-3}},
            "analog": {"tile": {"rows": 16, "cols": 16}},
-           "sweep": {"times_seconds": [1, 2592000], "repeats": 2, "calibration_batches": 2, "eval_batch_size": 8},
-           "conditions": ["digital", "analog-nocomp", "analog", "hwa"]}
+           "sweep": {"times_seconds": [1, 2592000], "repeats": 2, "calibration_batches": 2, "eval_batch_size": 8,
+                     "times_per_condition": {"hwa-int6": [2592000]}},
+           "conditions": ["digital", "analog-nocomp", "analog", "hwa", "hwa-int6"]}
     path = root / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = root / "out"
     assert main(["study", str(path), "--out", str(out), "--no-progress"]) == 0
     recs = _records(out)
-    assert len(recs) == 1 + 3 * 2 * 2
+    assert len(recs) == 1 + 3 * 2 * 2 + 2          # hwa-int6 (INT6 attention) at 1 month only
+    assert {r.get("attention_bits") for r in recs if r["condition"] == "hwa-int6"} == {6}
     assert {r["task"] for r in recs} == {"squad"}
     for r in recs:
         assert set(r["metrics"]) == {"f1", "exact_match"}
