@@ -53,7 +53,8 @@ def _expected_key_paths():
     from analogformer.pruning import SCHEDULES
     from analogformer.study.config import load_study_config
 
-    cfg = load_study_config(None, [("tasks", ["wikitext2"]), ("hwa", {"teacher_text": {}}), ("pruning", {})])
+    cfg = load_study_config(None, [("tasks", ["wikitext2"]), ("hwa", {"teacher_text": {}}), ("pruning", {}),
+                                  ("generation", {})])
     keys = set(_key_paths(to_dict(cfg)))
     for cls in SCHEDULES.values():
         keys |= {f"pruning.schedule.{f.name}" for f in dataclasses.fields(cls)}

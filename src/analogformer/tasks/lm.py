@@ -31,7 +31,8 @@ def lm_metrics(model: nn.Module, batches: Sequence[dict], max_tokens: int = 2048
     """{"cross_entropy", "perplexity", "tokens"} of `model` on `batches` (dicts with
     input_ids, attention_mask and labels; -100 = not scored). Each batch runs in chunks of at
     most `max_tokens` tokens (the logits of one 512-token window over a 49k-token vocabulary
-take 100 MB); the sums do not depend on the chunking."""
+take 100 MB); a digital model's sums do not depend on the chunking (on tiles, the noise
+    draws follow the chunk shapes, which are fixed for a given batch list)."""
     was_training = model.training
     model.eval()
     device = device_of(model)
