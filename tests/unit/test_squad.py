@@ -291,3 +291,27 @@ def test_registered_task_and_models(tok, tmp_path):
         dev = ref.task.dataset("dev", tok, data, None, 0)
         metrics = ref.task.evaluate(analog, list(ref.task.loader(dev, 4, shuffle=False)), "squad")
         assert set(metrics) == {"f1", "exact_match"} and 0 <= metrics["exact_match"] <= metrics["f1"] <= 1
+
+
+def test_hub_path_reads_the_squad_dataset_and_fails_clearly(monkeypatch):
+    import sys
+    calls = []
+
+    def load_dataset(name, split):
+        calls.append((name, split))
+        return [{"id": "h1", "title": "T", "context": "red fox", "question": "what ?",
+                 "answers": {"text": ["red"], "answer_start": [0]}}]
+
+    monkeypatch.setitem(sys.modules, "datasets", SimpleNamespace(load_dataset=load_dataset))
+    got = load_squad_examples("dev", None)
+    assert calls == [("squad", "validation")]
+    assert got == [QAExample("h1", "T", "red fox", "what ?", ("red",), (0,))]
+    load_squad_examples("train", None)
+    assert calls[-1] == ("squad", "train")
+
+    def offline(name, split):
+        raise ConnectionError("no network")
+
+    monkeypatch.setitem(sys.modules, "datasets", SimpleNamespace(load_dataset=offline))
+    with pytest.raises(RuntimeError, match="squad_dir to a local folder"):
+        load_squad_examples("dev", None)
