@@ -2,7 +2,8 @@
 
 Run: python benchmarks/memory_and_sweep.py [--glue-dir ../shared/data/glue]
 * bytes of programmed state per analog weight (counted from the tensors the layers hold)
-  and the process RSS growth of program() on MiniLM, per weight;
+  and the process RSS growth of program() on MiniLM, per weight (peak RSS of a sweep vs the
+  digital model, per case in a fresh process: `memory.py`);
 * one SST-2 dev evaluation (872 sentences) of MiniLM: programmed analog vs digital, and
   the time of program + drift, i.e. the cost of one (repeat, time point) of a sweep.
 """
@@ -45,11 +46,7 @@ def main():
     af.program(analog, seed=0)
     af.drift(analog, 86400)
     grown = rss_bytes() - before
-    held = 0
-    for _, l in af.analog_layers(analog):
-        for buf in ("_g_prog", "_nu", "_w_read", "_w_scale", "_out_scale", "_comp_ref", "_comp_factor"):
-            t = getattr(l, buf)
-            held += t.numel() * t.element_size() if t is not None else 0
+    held = sum(l.programmed_state_bytes() for _, l in af.analog_layers(analog))
     pool = af.analog_layers(analog)[0][1]._noise_pool
     print(f"MiniLM: {n_w/1e6:.2f} M analog weights")
     print(f"programmed state held by the layers: {held / n_w:.2f} B/weight "

@@ -198,8 +198,9 @@ def add_weight_noise(model: nn.Module, std: float, seed: int) -> nn.Module:
         # read weights are normalized per (row tile, column) by _w_scale; the tile's max |W|
         # is the max of those scales over the tile's columns (= the scale itself per tile)
         rel = group_amax(layer._w_scale, layer.col_sizes) / layer._w_scale  # (K, out)
-        g = layer_generator(derive_seed(int(seed), _WEIGHT_NOISE), name)
-        noise = torch.randn(layer._w_read.shape, generator=g, dtype=layer._w_read.dtype)
+        dev = layer._w_read.device
+        g = layer_generator(derive_seed(int(seed), _WEIGHT_NOISE), name, dev)
+        noise = torch.randn(layer._w_read.shape, generator=g, dtype=layer._w_read.dtype, device=dev)
         noise.mul_(rel.unsqueeze(1) * float(std) * layer._w_read_scale).mul_(layer._valid_rows())
         layer._w_read.add_(noise)
         layer.invalidate()

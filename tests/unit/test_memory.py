@@ -269,3 +269,23 @@ def test_cuda_program_drift_forward_statistics_equal_cpu():
     cpu = _layer(af.AnalogConfig(), 512, 512, rows=512)
     gpu = copy.deepcopy(cpu).cuda()
     _same_statistics(_instance_stats(cpu, 0), _instance_stats(gpu, 0))
+
+
+def test_shared_copy_analogizes_without_a_second_copy_of_the_weights():
+    """The sweep's analog model: `analogize(shared_copy(m))` converts a copy whose weight
+    Parameters are m's own, and leaves m digital (same modules, same outputs)."""
+    from analogformer.nn.convert import shared_copy
+    model = tiny("bert")
+    ids = torch.randint(0, 99, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+    analog = af.analogize(shared_copy(model), af.AnalogConfig())
+    assert not any(isinstance(m, af.AnalogLinear) for m in model.modules())
+    layers = af.analog_layers(analog)
+    digital = dict(model.named_modules())
+    assert layers and all(l.weight is digital[n].weight and l.bias is digital[n].bias for n, l in layers)
+    af.program(analog, 0)
+    af.drift(analog, 3600.0)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, ref)
+        assert not torch.equal(analog(input_ids=ids).logits, ref)

@@ -8,6 +8,7 @@ module name: `cfg.include` regexes (empty = all), `cfg.exclude` regexes (default
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 from typing import Callable, List, Optional, Tuple
 
@@ -69,6 +70,15 @@ def analogize(model: nn.Module, cfg: Optional[AnalogConfig] = None,
             new.conv1d_layout = transposed  # saved transposed back (`export.digital_state_dict`)
         setattr(parent, child, new)
     return model
+
+
+def shared_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of `model` whose Parameters are the very ones of `model` (modules and
+    buffers copied): `analogize(shared_copy(m), cfg)` converts the copy and leaves `m` as it
+    was, without a second copy of the weights (an AnalogLinear keeps its weight Parameter; a
+    GPT-2 Conv1D gets its transposed one). The two models then share the weights: training
+    one changes the other."""
+    return copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
 
 
 def analog_layers(model: nn.Module) -> List[Tuple[str, AnalogLinear]]:

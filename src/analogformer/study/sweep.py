@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..config import AnalogConfig, check_positive, fail
 from ..inference import add_weight_noise, calibrate_input_ranges, drift, program, reseed_noise, set_compensation
-from ..nn.convert import analog_layers, analogize
+from ..nn.convert import analog_layers, analogize, shared_copy
 from ..seeding import derive_seed
 from .records import RecordLog
 
@@ -251,7 +251,7 @@ def _analog_model(digital: nn.Module, model_name: str, gamma: float, attn_bits: 
     or calibrated, and `prepare`d (e.g. INT-N attention)."""
     acfg = copy.deepcopy(analog_cfg)
     acfg.pcm.gamma = gamma
-    model = analogize(copy.deepcopy(digital), acfg).eval()
+    model = analogize(shared_copy(digital), acfg).eval()  # shares the weights: no second copy
     # calibration forwards run the unprogrammed analog model, whose output noise comes
     # from the global RNG: seed it per group (and restore it after), so that a resumed
     # sweep in a fresh process calibrates exactly as the first run did
