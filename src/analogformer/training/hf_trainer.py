@@ -64,6 +64,7 @@ def trainer_classes() -> dict:
             self.distill_weight, self.distill_temperature = float(distill_weight), float(distill_temperature)
             # our loss is a per-token mean: the Trainer divides it by the accumulation steps
             self.model_accepts_loss_kwargs = False
+            self.loss_is_scaled_for_ga = False  # (transformers >= 5 reads this first)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             w = self.distill_weight
