@@ -1,4 +1,4 @@
-"""`analogformer` command line: study, evaluate, prune, diagnose, map, report, merge, demo."""
+"""`analogformer` command line: study, evaluate, prune, diagnose, sensitivity, map, report, merge, demo."""
 from __future__ import annotations
 
 import argparse
@@ -72,6 +72,15 @@ def cmd_diagnose(a) -> int:
     from .diagnose.target import command
     print(command(a.target, a.task, a.out, a.times, a.repeats, a.config, a.glue_dir, a.overrides,
                   progress=not a.no_progress, effects=a.effects))
+    return 0
+
+
+def cmd_sensitivity(a) -> int:
+    """The headline with one layer at a time noisy; heat-map, ranked table, mixed mapping."""
+    from .sensitivity.command import command
+    print(command(a.target, a.task, a.out, a.config, a.glue_dir, a.overrides, progress=not a.no_progress,
+                  modes=a.modes, std=a.std, t_seconds=a.time, repeats=a.repeats, layers=a.layers,
+                  digital_layers=False if a.analog_only else None, mixed_k=a.mixed_k, mixed_mode=a.mixed_mode))
     return 0
 
 
@@ -234,6 +243,45 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     _add_set(dg)
     dg.set_defaults(func=cmd_diagnose)
+
+    se = sub.add_parser("sensitivity", help="per-layer noise sensitivity: the headline with one layer at a time "
+                                            "noisy, a heat-map, a ranked table, and the mixed mapping",
+                        formatter_class=fmt,
+                        description="For each analog matrix (and the embeddings and output head, which stay "
+                                    "digital by default), the headline when only that layer is noisy: white noise "
+                                    "on its weights or outputs, or the tile model on it alone at a chosen time, over "
+                                    "device instances; per-layer weight statistics and their rank correlation with "
+                                    "the drop; with --mixed-k, the metric and tiles when the k most sensitive "
+                                    "matrices stay digital. Settings come from the YAML's `sensitivity:` section; "
+                                    "these options override it. Writes sensitivity.md, sensitivity.png, "
+                                    "mixed_mapping.png and sensitivity.jsonl to --out; re-running resumes.",
+                        epilog="See docs/sensitivity.md.")
+    se.add_argument("target", help="a study YAML (its model, task, data and analog config; its fine-tuned "
+                                   "checkpoints/<task>/digital if the study made one) or a saved model folder "
+                                   "fine-tuned for --task")
+    se.add_argument("--task", help="registered task, e.g. sst2; needed with a model folder (a study YAML: its task)")
+    se.add_argument("--out", help="output folder; needed with a model folder (a study YAML: "
+                                  "<output_dir>/sensitivity/<task>)")
+    se.add_argument("--modes", help="comma-separated modes, of: weights, weights-absolute, outputs, outputs-absolute, "
+                                    "tiles (default: the YAML's, else weights,tiles)")
+    se.add_argument("--std", type=float, help="std of the white-noise modes: × max|W| (weights), × rms (outputs), "
+                                              "or absolute for the -absolute modes (default: the YAML's, else 0.1)")
+    se.add_argument("--time", type=float, help="seconds since programming of the tiles mode and the mixed mapping "
+                                               "(default: the YAML's, else 2592000 = 1 month)")
+    se.add_argument("--repeats", type=int, help="device instances / noise draws per layer and mode "
+                                                "(default: the YAML's, else 5)")
+    se.add_argument("--layers", help="regex on module names: perturb only the layers it matches (default: all)")
+    se.add_argument("--analog-only", action="store_true",
+                    help="perturb only the analog matrices (not the embeddings, head and pooler)")
+    se.add_argument("--mixed-k", help="comma-separated k: keep the k most sensitive analog matrices digital and "
+                                      "evaluate the rest on tiles, e.g. 0,1,2,4,8 (default: the YAML's, else none)")
+    se.add_argument("--mixed-mode", help="the mode whose ranking picks the matrices kept digital (default: the "
+                                         "YAML's, else tiles when measured, else the first mode)")
+    se.add_argument("--config", help="study YAML for analog/data settings when TARGET is a model folder (optional)")
+    se.add_argument("--glue-dir", help="local GLUE folder (default: the config's data.glue_dir)")
+    se.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    _add_set(se)
+    se.set_defaults(func=cmd_sensitivity)
 
     m = sub.add_parser("map", help="tile mapping of any HF model config (no weights needed)", formatter_class=fmt)
     m.add_argument("model", help=f"preset ({', '.join(PRESET_CONFIGS)}), a folder with config.json, or a hub name")

@@ -24,6 +24,7 @@ from ..training.hwa import HWAConfig
 from ..training.teacher_text import TeacherTextConfig
 from .prune_config import PruneStudyConfig
 from .ray_sweep import ExecutionConfig
+from ..sensitivity.config import SensitivityConfig
 from .sweep import CONDITIONS, SweepConfig
 
 
@@ -129,7 +130,8 @@ class StudyConfig:
     docs/ray.md). It changes where, not what: a folder may be resumed with another setting."""
     conditions: Tuple[str, ...] = ("digital", "analog-nocomp", "analog", "analog-gamma0.5")
     """What is evaluated: any of digital, analog-nocomp, analog, analog-gamma0.5, hwa-digital,
-    hwa-nocomp, hwa, hwa-gamma0.5, hwa-int8, hwa-int6, pruned-digital, pruned (with
+    hwa-nocomp, hwa, hwa-gamma0.5, hwa-int8, hwa-int6, weight-noise, hwa-weight-noise (one
+    weight-noise@<level> per `sweep.weight_noise_levels`), pruned-digital, pruned (with
     `pruning.ratios`: one pruned@<ratio> per ratio)."""
     best_of: int = 1
     """Fine-tune this many seeds per task (digital, and HWA; candidate k uses seed + k) and keep
@@ -139,6 +141,9 @@ class StudyConfig:
     select_repeats: int = 2
     """Device instances behind every score on tiles that selects a model (HWA candidates of
     `best_of`, `keep_best` evaluations of HWA fine-tuning); drawn apart from the sweep's."""
+    sensitivity: Optional[SensitivityConfig] = None
+    """Settings of `analogformer sensitivity` on this study's model (per-layer noise sensitivity
+    and mixed mapping); its command-line options override them. The study itself does not run it."""
 
     generation: Optional[GenerationConfig] = None
     """Causal-LM tasks: generate text from prompts at every time point of every condition
@@ -229,12 +234,14 @@ class StudyConfig:
 # What a resumed study may add to: records are keyed and seeded one by one (task,
 # condition, time, repeat), so new tasks / conditions / time points / repeats / retraining
 # seeds are computed and everything already recorded stays valid.
-EXTENDABLE = ("tasks", "conditions", "sweep.times_seconds", "sweep.repeats", "pruning.retrain_seeds",
+EXTENDABLE = ("tasks", "conditions", "sweep.times_seconds", "sweep.repeats", "sweep.weight_noise_levels",
+              "pruning.retrain_seeds",
               "pruning.schedule.round_seeds",
                "pruning.round_seeds")
 
-# Sections no study record depends on (where it runs): free to change between runs of a folder.
-NOT_RECORDED = ("execution",)
+# Sections no study record depends on (where it runs; the settings of another command):
+# free to change between runs of a folder.
+NOT_RECORDED = ("execution", "sensitivity")
 
 
 def _extends(key: str, old, new) -> bool:
