@@ -7,6 +7,7 @@ digital, or another one added, changes no other layer's devices).
 """
 from __future__ import annotations
 
+import ctypes
 import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Optional
@@ -45,6 +46,19 @@ def _each_layer(fn, items) -> None:
             f.result()  # re-raises a layer's error here
 
 
+def _release_free_heap() -> None:
+    """Hand the heap's free pages back to the OS (glibc `malloc_trim`; nothing elsewhere).
+    Programming and reading leave several weight-sized temporaries per layer; with the
+    allocator tuned for speed (`runtime.tune_allocator`: no trimming below 2 GiB) their freed
+    pages stay in the process, and on MiniLM made a third of a sweep's peak RSS."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    if hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def layer_generator(seed: int, name: str, device=None) -> torch.Generator:
     """The generator of layer `name` (its module name) for device instance / read `seed`, on
     `device` (default CPU; draws on a GPU need a generator there, whose stream differs)."""
@@ -72,6 +86,7 @@ def program(model: nn.Module, seed: int = 0) -> nn.Module:
         # the pool first: the compensation reference read of `program` takes its output noise
         layer._noise_pool = pool if layer.config.adc.noise_pool_size else None
         layer.program(layer_generator(seed, name, layer.weight.device))
+        _release_free_heap()  # per layer: the temporaries of one layer, not of all, at the peak
 
     _each_layer(program_layer, layers)
     return model
@@ -92,7 +107,11 @@ def drift(model: nn.Module, t_seconds: float, read_seed: Optional[int] = None) -
     if read_seed is not None:
         reseed_noise(model, read_seed)
     t = float(t_seconds)
-    _each_layer(lambda layer: layer.drift(t), [layer for _, layer in _require_analog(model, "drift")])
+    def drift_layer(layer):
+        layer.drift(t)
+        _release_free_heap()
+
+    _each_layer(drift_layer, [layer for _, layer in _require_analog(model, "drift")])
     return model
 
 
