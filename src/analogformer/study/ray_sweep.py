@@ -220,7 +220,7 @@ class RaySweep:
             raise ValueError(f"execution.threads_per_task: each Ray task takes {need} CPU(s) (torch "
                              f"threads), the cluster has {self.cpus():g}; set execution.threads_per_task "
                              "(e.g. 1) or run the driver with fewer torch threads (OMP_NUM_THREADS=1)")
-        opts = dict(num_cpus=need, max_retries=0)
+        opts = dict(num_cpus=need, max_retries=3)   # a lost worker's unit is recomputed: pure, seeded
         units: List[Callable] = []   # unit i -> emits its result
         refs: Dict[object, int] = {}
         order = InOrder()
