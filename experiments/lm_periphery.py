@@ -27,6 +27,7 @@ import torch
 import analogformer as af
 from analogformer.diagnose import diagnose, write_report
 from analogformer.diagnose.effects import EFFECTS
+from analogformer.study.folder import StudyFolder
 from analogformer.study.records import RecordLog
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -81,9 +82,10 @@ def main(argv=None):
 
     cfg = af.AnalogConfig.preset(a.preset)
     t0 = time.time()
-    diag = diagnose(model, cfg, evaluate, calib, times=times, repeats=a.repeats, seed=0,
-                    log=RecordLog(out / "records.jsonl"), headline=lambda m: m["ce"],
-                    higher_is_better=False, effects=effects, task="wikitext2", progress=True)
+    with StudyFolder(out):  # one process per folder: a second one is refused, never merged in
+        diag = diagnose(model, cfg, evaluate, calib, times=times, repeats=a.repeats, seed=0,
+                        log=RecordLog(out / "records.jsonl"), headline=lambda m: m["ce"],
+                        higher_is_better=False, effects=effects, task="wikitext2", progress=True)
     notes = [f"SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to float32), WikiText-2 raw test: first "
              f"{a.windows} windows of {a.length} tokens; cross-entropy in nats (lower is better); "
              f"preset `{a.preset}`, compensated, {a.repeats} device instances; DAC ranges calibrated on "

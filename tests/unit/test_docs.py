@@ -54,7 +54,7 @@ def _expected_key_paths():
     from analogformer.study.config import load_study_config
 
     cfg = load_study_config(None, [("tasks", ["wikitext2"]), ("hwa", {"teacher_text": {}}), ("pruning", {}),
-                                  ("generation", {})])
+                                  ("generation", {}), ("sensitivity", {})])
     keys = set(_key_paths(to_dict(cfg)))
     for cls in SCHEDULES.values():
         keys |= {f"pruning.schedule.{f.name}" for f in dataclasses.fields(cls)}

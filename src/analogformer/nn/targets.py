@@ -57,7 +57,7 @@ _FFN_SUFFIXES: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
 # Config attribute holding the FFN intermediate size, per model type.
 FFN_SIZE_ATTRS = ("intermediate_size", "hidden_dim", "n_inner")
 
-_LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block|albert_layers)\.(\d+)\.")
+LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block|albert_layers)\.(\d+)\.")
 
 
 def is_analog_matrix(module: nn.Module) -> bool:
@@ -84,7 +84,7 @@ def block_of(name: str) -> Optional[str]:
 
 def layer_index(name: str) -> Optional[int]:
     """Transformer layer index parsed from a module name (ALBERT's shared layer gives 0)."""
-    m = _LAYER_INDEX.search("." + name + ".")
+    m = LAYER_INDEX.search("." + name + ".")
     return int(m.group(1)) if m else None
 
 

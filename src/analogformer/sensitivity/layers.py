@@ -20,7 +20,7 @@ from torch import nn
 
 from ..config import AnalogConfig
 from ..nn.convert import candidate_modules, select_modules
-from ..nn.targets import _LAYER_INDEX, linear_weight
+from ..nn.targets import LAYER_INDEX, linear_weight
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def weight_of(module: nn.Module) -> torch.Tensor:
 
 
 def _placement(name: str, first_block_seen: bool):
-    m = _LAYER_INDEX.search("." + name + ".")
+    m = LAYER_INDEX.search("." + name + ".")
     if m:
         return name[m.end() - 1:], m.group(1)
     short = re.sub(r"^(bert|roberta|distilbert|albert|mobilebert|electra|transformer|model)\.", "", name)
@@ -69,7 +69,7 @@ def find_layers(model: nn.Module, cfg: AnalogConfig, digital: bool = True,
             raise ValueError(f"sensitivity layers: invalid regex {select!r}: {e}") from None
     out, seen_block = [], False
     for name, mod in model.named_modules():
-        seen_block = seen_block or bool(_LAYER_INDEX.search("." + name + "."))
+        seen_block = seen_block or bool(LAYER_INDEX.search("." + name + "."))
         if name in analog:
             kind = "analog"
         elif digital and name in linear:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -34,6 +34,7 @@ from ..inference import calibrate_input_ranges
 from ..nn.convert import analog_layers
 from ..nn.linear import AnalogLinear
 from ..seeding import derive_seed
+from .param_groups import _unique, input_range_parameters, param_groups  # noqa: F401  (re-exported)
 
 __all__ = ["HWAConfig", "GaussianWeightNoise", "PCMWeightNoise", "ChannelRelativeNoise", "has_static_range",
            "prepare_hwa", "remove_hwa",
@@ -343,20 +344,6 @@ def remove_hwa(model: nn.Module, fold_output_scales: bool = True) -> nn.Module:
     return model
 
 
-def _unique(params) -> List[nn.Parameter]:
-    seen, out = set(), []
-    for p in params:
-        if id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return out
-
-
-def input_range_parameters(model: nn.Module) -> List[nn.Parameter]:
-    """The DAC range Parameter of every analog layer (shared ones once)."""
-    return _unique(layer.input_range for _, layer in analog_layers(model))
-
-
 @torch.no_grad()
 def clip_weights(model: nn.Module, hwa_cfg: HWAConfig) -> nn.Module:
     """Clip every AnalogLinear weight in place per `hwa_cfg.clip` (no-op when None).
@@ -398,21 +385,6 @@ def hwa_after_step(hwa_cfg: HWAConfig) -> Callable[[nn.Module], None]:
         clamp_input_ranges(model, hwa_cfg.input_range_min)
 
     return after_step
-
-
-def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.01,
-                 input_range_lr: Optional[float] = None) -> List[dict]:
-    """AdamW groups: matrices with weight decay; biases, LayerNorm and output scales
-    (ndim < 2) without; DAC ranges without decay at `input_range_lr` (`lr` when None).
-    Only parameters with requires_grad; empty groups are left out."""
-    ranges = [p for p in input_range_parameters(model) if p.requires_grad]
-    range_ids = {id(p) for p in ranges}
-    rest = [p for p in _unique(model.parameters()) if p.requires_grad and id(p) not in range_ids]
-    groups = [{"params": [p for p in rest if p.ndim >= 2], "weight_decay": weight_decay, "lr": lr},
-              {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0, "lr": lr},
-              {"params": ranges, "weight_decay": 0.0,
-               "lr": lr if input_range_lr is None else input_range_lr}]
-    return [g for g in groups if g["params"]]
 
 
 def __getattr__(name: str):
