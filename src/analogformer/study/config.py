@@ -187,7 +187,7 @@ class StudyConfig:
         models = {CONDITIONS[c].model for c in self.conditions}
         if "hwa" in models and self.hwa is None:
             fail("StudyConfig", "conditions", "an 'hwa*' condition needs an `hwa:` section")
-        if isinstance(self.hwa, HWAConfig) and self.hwa.teacher_text is not None:
+        if self.hwa is not None and not isinstance(self.hwa, dict) and self.hwa.teacher_text is not None:
             not_lm = [t for t in self.tasks if find_task(t).task.auto_class != "AutoModelForCausalLM"]
             if not_lm:
                 fail("StudyConfig", "hwa.teacher_text", f"samples text from a causal LM, and {not_lm} are not "
