@@ -9,11 +9,12 @@ the same folder must diagnose the same thing, and then resumes from `diagnosis.j
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from torch import nn
 
@@ -109,17 +110,29 @@ def _load(cfg: StudyConfig, task: str, path: Path, fine_tuned: bool, origin: str
     return Target(cfg, task, model.eval(), tok, Path(path), fine_tuned, origin)
 
 
-def _check_folder(out: Path, identity: dict) -> None:
-    """Write out/diagnosis.json, or refuse a folder that holds the diagnosis of something else."""
-    path = out / "diagnosis.json"
+def check_folder(out: Path, name: str, identity: dict, what: str) -> None:
+    """Write out/NAME.json, or refuse a folder whose records (out/NAME.jsonl) measure something
+    else: `what` says what ("diagnosis of another model or config")."""
+    path = out / f"{name}.json"
     if path.is_file():
-        old = json.loads(path.read_text())
-        changes = config_changes(old, identity)
-        records = out / "diagnosis.jsonl"
+        changes = config_changes(json.loads(path.read_text()), identity)
+        records = out / f"{name}.jsonl"
         if changes and records.is_file() and records.stat().st_size > 0:
-            raise ValueError(f"{out} holds the diagnosis of another model or config (changed: {changes[:4]}); "
+            raise ValueError(f"{out} holds the {what} (changed: {changes[:4]}); "
                              "choose another --out folder, or delete it to start over")
     path.write_text(json.dumps(identity, indent=1))
+
+
+@contextlib.contextmanager
+def measurement_folder(out: Path, name: str, identity: dict, what: str) -> Iterator[RecordLog]:
+    """Hold `out`'s lock, check it measures `identity` (`check_folder`) and yield its record log
+    out/NAME.jsonl, whose records a re-run reuses."""
+    with StudyFolder(out):
+        check_folder(out, name, identity, what)
+        log = RecordLog(out / f"{name}.jsonl")
+        if log.records:
+            logger.info(f"resuming: {len(log.records)} records already in {log.path}")
+        yield log
 
 
 def run_diagnose(target: Target, out: Path, times: Sequence[float], repeats: int, progress: bool = True,
@@ -132,11 +145,7 @@ def run_diagnose(target: Target, out: Path, times: Sequence[float], repeats: int
     data = TaskData(cfg, target.task, target.tokenizer)
     key = data.dev_key
     info = describe(key)
-    with StudyFolder(out):
-        _check_folder(out, target.identity())
-        log = RecordLog(out / "diagnosis.jsonl")
-        if log.records:
-            logger.info(f"resuming: {len(log.records)} records already in {out / 'diagnosis.jsonl'}")
+    with measurement_folder(out, "diagnosis", target.identity(), "diagnosis of another model or config") as log:
         diag = diagnose(target.model, cfg.analog, lambda m: data.evaluate(m, key), data.calib, times=times,
                         repeats=repeats, seed=cfg.sweep.seed, log=log, headline=lambda met: data.headline(key, met),
                         higher_is_better=data.higher_is_better, calibration_percentile=cfg.sweep.calibration_percentile,

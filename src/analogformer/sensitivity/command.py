@@ -12,30 +12,16 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..diagnose.report import config_summary
-from ..diagnose.target import Target, load_target
+from ..diagnose.target import Target, load_target, measurement_folder
 from ..logs import get_logger
 from ..report.format import time_label
-from ..study.config import config_changes
 from ..study.data import TaskData
-from ..study.folder import StudyFolder
-from ..study.records import RecordLog
 from ..tasks.registry import describe
 from .config import SensitivityConfig
 from .report import write_report
 from .run import mixed_mapping, sensitivity
 
 logger = get_logger(__name__)
-
-
-def _check_folder(out: Path, identity: dict) -> None:
-    path = out / "sensitivity.json"
-    if path.is_file():
-        changes = config_changes(json.loads(path.read_text()), identity)
-        records = out / "sensitivity.jsonl"
-        if changes and records.is_file() and records.stat().st_size > 0:
-            raise ValueError(f"{out} holds the sensitivity of another model, config or noise std (changed: "
-                             f"{changes[:4]}); choose another --out folder, or delete it to start over")
-    path.write_text(json.dumps(identity, indent=1))
 
 
 def run_sensitivity(target: Target, scfg: SensitivityConfig, out: Path, progress: bool = True, setup: str = "") -> str:
@@ -47,11 +33,8 @@ def run_sensitivity(target: Target, scfg: SensitivityConfig, out: Path, progress
     data = TaskData(cfg, target.task, target.tokenizer)
     key = data.dev_key
     info = describe(key)
-    with StudyFolder(out):
-        _check_folder(out, {**target.identity(), "std": scfg.std})
-        log = RecordLog(out / "sensitivity.jsonl")
-        if log.records:
-            logger.info(f"resuming: {len(log.records)} records already in {out / 'sensitivity.jsonl'}")
+    with measurement_folder(out, "sensitivity", {**target.identity(), "std": scfg.std},
+                            "sensitivity of another model, config or noise std") as log:
         common = dict(t_seconds=scfg.t_seconds, repeats=scfg.repeats, seed=cfg.sweep.seed, calib_batches=data.calib,
                       headline=lambda met: data.headline(key, met), task=key,
                       calibration_percentile=cfg.sweep.calibration_percentile, progress=progress)

@@ -11,7 +11,6 @@ time and instances.
 """
 from __future__ import annotations
 
-import copy
 import math
 import re
 from dataclasses import dataclass, field

@@ -11,10 +11,7 @@ last line of a killed run is dropped on resume.
 """
 from __future__ import annotations
 
-import json
-import os
 import time
-import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -25,6 +22,7 @@ from ..inference import drift, program, reseed_noise, set_compensation
 from ..logs import get_logger
 from ..seeding import derive_seed
 from ..tasks.lm_generate import GenerationConfig, generate_text
+from .records import JsonLinesLog
 from .sweep import Condition, SweepConfig, _analog_model
 
 __all__ = ["GenerationLog", "run_generations", "generation_key"]
@@ -37,52 +35,23 @@ def generation_key(r: dict) -> Tuple:
     return (r["task"], r["condition"], None if t is None else float(t), r["prompt"])
 
 
-class GenerationLog:
+class GenerationLog(JsonLinesLog):
     """Append-only JSON-lines file of generated texts; knows which keys it holds."""
 
-    def __init__(self, path: Path, repair: bool = True):
-        self.path = Path(path)
-        self.records: List[dict] = []
-        lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.exists() else []
-        for i, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                self.records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if i != len(lines):
-                    raise ValueError(f"{self.path}:{i}: corrupt line in the middle of the file; fix or "
-                                     "remove that line") from None
-                warnings.warn(f"{self.path}:{i}: skipping a truncated last line")
-                if repair:
-                    tmp = self.path.with_name(self.path.name + ".tmp")
-                    tmp.write_text("".join(l + "\n" for l in lines[:i - 1] if l.strip()), encoding="utf-8")
-                    os.replace(tmp, self.path)
-        self.done = set()
-        for r in self.records:
-            k = generation_key(r)
-            if k in self.done:
-                raise ValueError(f"{self.path}: {k} is there twice; two runs wrote to this folder: keep one "
-                                 "of the two lines")
-            self.done.add(k)
+    noun = "line"
+    ensure_ascii = False
+
+    def key(self, record: dict) -> Tuple:
+        return generation_key(record)
+
+    def _twice(self, key: Tuple, first: int, second: int) -> str:
+        return f"{self.path}: {key} is there twice; two runs wrote to this folder: keep one of the two lines"
+
+    def _again(self, key: Tuple) -> str:
+        return f"{self.path}: {key} is already written (is another process running this study?)"
 
     def has(self, key: Tuple) -> bool:
         return key in self.done
-
-    def write(self, record: dict) -> None:
-        key = generation_key(record)
-        if key in self.done:
-            raise ValueError(f"{self.path}: {key} is already written (is another process running this study?)")
-        with self.path.open("a+b") as f:
-            start = b""
-            if f.seek(0, os.SEEK_END) > 0:
-                f.seek(-1, os.SEEK_END)
-                start = b"" if f.read(1) == b"\n" else b"\n"
-            f.write(start + (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        self.records.append(record)
-        self.done.add(key)
 
 
 def run_generations(gcfg: GenerationConfig, task: str, models: Dict[str, nn.Module], tokenizer,

@@ -262,22 +262,30 @@ class EncodedDataset(torch.utils.data.Dataset):
 
     def collate(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         """Pad the rows ``indices`` to their longest length (dynamic padding)."""
-        width = max(self.lengths[i] for i in indices)
-        ids = torch.full((len(indices), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(indices), width), dtype=torch.long)
-        types = torch.zeros((len(indices), width), dtype=torch.long)
-        for row, i in enumerate(indices):
-            n = self.lengths[i]
-            ids[row, :n] = torch.tensor(self.input_ids[i])
-            mask[row, :n] = 1
-            if self.token_type_ids is not None:
-                types[row, :n] = torch.tensor(self.token_type_ids[i])
+        batch = pad_rows(self.input_ids, self.token_type_ids, indices, self.pad_token_id)
         dtype = torch.float32 if self.is_regression else torch.long
-        batch = {"input_ids": ids, "attention_mask": mask,
-                 "labels": torch.tensor([self.labels[i] for i in indices], dtype=dtype)}
-        if self.token_type_ids is not None:
-            batch["token_type_ids"] = types
+        batch["labels"] = torch.tensor([self.labels[i] for i in indices], dtype=dtype)
         return batch
+
+
+def pad_rows(input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Sequence[int]] | None,
+             indices: Sequence[int], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Rows `indices` of unpadded token ids, right-padded to their longest length (dynamic
+    padding): input_ids, attention_mask and, when the tokenizer made them, token_type_ids."""
+    width = max(len(input_ids[i]) for i in indices)
+    ids = torch.full((len(indices), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(indices), width), dtype=torch.long)
+    types = torch.zeros((len(indices), width), dtype=torch.long)
+    for row, i in enumerate(indices):
+        n = len(input_ids[i])
+        ids[row, :n] = torch.tensor(input_ids[i])
+        mask[row, :n] = 1
+        if token_type_ids is not None:
+            types[row, :n] = torch.tensor(token_type_ids[i])
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if token_type_ids is not None:
+        batch["token_type_ids"] = types
+    return batch
 
 
 def encode_examples(examples: Sequence[GlueExample], tokenizer,

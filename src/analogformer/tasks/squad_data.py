@@ -28,6 +28,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .glue import pad_rows
+
 __all__ = ["QAExample", "EVAL_FRACTION", "DEV_FILE", "TRAIN_FILE", "read_squad_json", "split_articles",
            "load_squad_examples", "SquadFeatures", "encode_squad"]
 
@@ -148,19 +150,7 @@ class SquadFeatures(torch.utils.data.Dataset):
         """Pad the rows `indices` to their longest length. Training batches are model kwargs
         (with `start_positions` / `end_positions`); evaluation batches add `feature_index`
         and `squad` (this object), which `evaluate` removes before the forward."""
-        width = max(self.lengths[i] for i in indices)
-        ids = torch.full((len(indices), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(indices), width), dtype=torch.long)
-        types = torch.zeros((len(indices), width), dtype=torch.long)
-        for row, i in enumerate(indices):
-            n = self.lengths[i]
-            ids[row, :n] = torch.tensor(self.input_ids[i])
-            mask[row, :n] = 1
-            if self.token_type_ids is not None:
-                types[row, :n] = torch.tensor(self.token_type_ids[i])
-        batch = {"input_ids": ids, "attention_mask": mask}
-        if self.token_type_ids is not None:
-            batch["token_type_ids"] = types
+        batch = pad_rows(self.input_ids, self.token_type_ids, indices, self.pad_token_id)
         if self.training:
             batch["start_positions"] = torch.tensor([self.starts[i] for i in indices])
             batch["end_positions"] = torch.tensor([self.ends[i] for i in indices])
