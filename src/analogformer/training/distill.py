@@ -16,7 +16,7 @@ from typing import Iterable
 
 import torch
 
-__all__ = ["distillation_loss", "hidden_distillation_loss", "augment_tokens"]
+__all__ = ["distillation_loss", "output_distillation_loss", "hidden_distillation_loss", "augment_tokens"]
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -55,6 +55,21 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     if n == 0:
         raise ValueError("distillation on a batch without real tokens (its attention mask is all 0)")
     return (per_token * keep).sum() / n * t * t
+
+
+def output_distillation_loss(student_out, teacher_out, temperature: float,
+                             attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`distillation_loss` between two model outputs: on ``.logits`` (classifiers, language
+    models), or for extractive QA (``start_logits`` / ``end_logits``, each a distribution over
+    the window's positions) the mean of the start and the end loss, each the batch-mean KL
+    over positions."""
+    if getattr(student_out, "logits", None) is not None:
+        return distillation_loss(student_out.logits, teacher_out.logits, temperature, attention_mask)
+    if getattr(student_out, "start_logits", None) is not None:
+        return 0.5 * (distillation_loss(student_out.start_logits, teacher_out.start_logits, temperature)
+                      + distillation_loss(student_out.end_logits, teacher_out.end_logits, temperature))
+    raise ValueError(f"distillation needs a model output with `logits` or `start_logits`/`end_logits`; "
+                     f"{type(student_out).__name__} has neither")
 
 
 def hidden_distillation_loss(student_hidden: tuple[torch.Tensor, ...],

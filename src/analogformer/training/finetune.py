@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .averaging import WeightAverage
 from .checkpoint import device_of as _device_of, nonfinite_parameters, predict, save_checkpoint, to_device as _to
-from .distill import augment_tokens, distillation_loss, hidden_distillation_loss
+from .distill import augment_tokens, distillation_loss, hidden_distillation_loss, output_distillation_loss
 from .finetune_config import FinetuneConfig
 from .train_state import load_train_state, save_train_state
 
@@ -63,9 +63,13 @@ def _linear_warmup_decay(total_steps: int, warmup_steps: int) -> Callable[[int],
     return factor
 
 
+LABEL_KEYS = ("labels", "start_positions", "end_positions")
+
+
 def unlabelled(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The model inputs of a batch: everything but its labels (calibration, teachers)."""
-    return {k: v for k, v in batch.items() if k != "labels"}
+    """The model inputs of a batch: everything but its labels (classification / LM labels, QA
+    answer positions) — for calibration and teachers."""
+    return {k: v for k, v in batch.items() if k not in LABEL_KEYS}
 
 
 def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -160,7 +164,7 @@ class _Loop:
         cfg = self.cfg
         with torch.no_grad():
             tgt = self.teacher(**unlabelled(batch), output_hidden_states=self.hidden)
-        soft = distillation_loss(out.logits, tgt.logits, cfg.distill_temperature, batch.get("attention_mask"))
+        soft = output_distillation_loss(out, tgt, cfg.distill_temperature, batch.get("attention_mask"))
         if not self.hidden:
             return soft, None
         return soft, cfg.distill_hidden_weight * hidden_distillation_loss(

@@ -11,7 +11,7 @@
 `HWACallback` clips the weights and keeps DAC ranges positive after every optimizer step (what
 `hwa_after_step` does in `finetune`); `DistillationTrainer` is a `Trainer` whose loss is
 (1 − w)·task loss + w·T²·KL(teacher ‖ student), per token for language models
-(`distill.distillation_loss`). The classes are built on first use, so importing analogformer
+(`distill.output_distillation_loss`). The classes are built on first use, so importing analogformer
 does not import the Trainer.
 """
 from __future__ import annotations
@@ -20,7 +20,8 @@ import functools
 
 import torch
 
-from .distill import distillation_loss
+from .distill import output_distillation_loss
+from .finetune import unlabelled
 
 __all__ = ["trainer_classes"]
 
@@ -68,12 +69,12 @@ def trainer_classes() -> dict:
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             w = self.distill_weight
-            student_inputs = inputs if w < 1 else {k: v for k, v in inputs.items() if k != "labels"}
+            student_inputs = inputs if w < 1 else unlabelled(inputs)
             outputs = model(**student_inputs)
             with torch.no_grad():
-                teacher_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
-            loss = distillation_loss(outputs.logits, teacher_logits, self.distill_temperature,
-                                     inputs.get("attention_mask"))
+                teacher_out = self.teacher(**unlabelled(inputs))
+            loss = output_distillation_loss(outputs, teacher_out, self.distill_temperature,
+                                            inputs.get("attention_mask"))
             if w < 1:
                 loss = (1 - w) * outputs.loss + w * loss
             return (loss, outputs) if return_outputs else loss
