@@ -211,7 +211,7 @@ def _metric_label(task, metric) -> str:
 
 def _sections(d: Path, st: _Study, records, skipped, title) -> list[tuple]:
     return ([("h", 1, title), ("p", _overview(st, records, skipped))] + _time_sections(d, st, records)
-            + pruning_section(d, st, task_name, _metric_label) + generations_section(d, task_name) + _extras(d))
+            + pruning_section(d, st, task_name, _metric_label, _scale) + generations_section(d, task_name) + _extras(d))
 
 
 def _time_sections(d: Path, st: _Study, records) -> list[tuple]:

@@ -45,7 +45,7 @@ def _plot_time(path, series, style, title, ylabel):
     _finish(fig, ax, path, "Time since programming (log scale)", ylabel, title, "condition (± SEM)")
 
 
-def _plot_pruning(path, rows, baseline, title, ylabel):
+def _plot_pruning(path, rows, baseline, title, ylabel, factor: float = 100):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -65,8 +65,8 @@ def _plot_pruning(path, rows, baseline, title, ylabel):
                            if vary[j] or (j == 1 and p is not None)) or k[0]
         if control:
             label = "control: dense, retrained"
-        ax.errorbar([scale * x for x, _ in pts], [100 * r["mean"] for _, r in pts],
-                    yerr=[100 * r["sem"] for _, r in pts], marker="osD^v<>ph*"[i % 10],
+        ax.errorbar([scale * x for x, _ in pts], [factor * r["mean"] for _, r in pts],
+                    yerr=[factor * r["sem"] for _, r in pts], marker="osD^v<>ph*"[i % 10],
                     color=f"C{i % 10}", capsize=3, lw=1.6, label=label)
     if baseline is not None:
         ax.axhline(baseline[0], color="k", ls="--", lw=1.4, label=f"digital ({_cell(*baseline)})")

@@ -16,26 +16,27 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def _prune_table(rows):
-    """Rows (method, prune ratio) × columns dense / after pruning / after retraining / Δ."""
+def _prune_table(rows, k: float = 100):
+    """Rows (method, prune ratio) × columns dense / after pruning / after retraining / Δ; values
+    × `k` (100: scores in points; 1: a loss or perplexity as it is)."""
     dense = next((r for r in rows if r["stage"] == "dense"), None)
     others = [r for r in rows if r["stage"] != "dense"]
     stages = sorted(_ordered(others, "stage"), key=lambda s: (_STAGE_ORDER.get(s, len(_STAGE_ORDER)), str(s)))
     keys = _ordered([dict(k=(_base(r), r["prune_ratio"])) for r in others], "k")
     methods = _ordered([{"c": k[0]} for k in keys], "c")
     cells = {(_base(r), r["prune_ratio"], r["stage"]): r for r in others}
-    d_cell = _cell(100 * dense["mean"], 100 * dense["sem"], dense["n"]) if dense else ""
+    d_cell = _cell(k * dense["mean"], k * dense["sem"], dense["n"]) if dense else ""
     delta = dense is not None and "retrained" in stages
     header = (["method", "prune ratio", "dense"] + [_STAGE_NAMES.get(s, str(s or "—")) for s in stages]
               + (["retrained − dense"] if delta else []))
     body = []
-    for c, x in sorted(keys, key=lambda k: (k[1], methods.index(k[0]))):
+    for c, x in sorted(keys, key=lambda key: (key[1], methods.index(key[0]))):
         row = [c.removeprefix("prune-"), f"{x:g}", d_cell] + [
-            _cell(100 * cells[(c, x, s)]["mean"], 100 * cells[(c, x, s)]["sem"], cells[(c, x, s)]["n"])
+            _cell(k * cells[(c, x, s)]["mean"], k * cells[(c, x, s)]["sem"], cells[(c, x, s)]["n"])
             if (c, x, s) in cells else "" for s in stages]
         if delta:
             r = cells.get((c, x, "retrained"))
-            row.append(_cell(100 * (r["mean"] - dense["mean"]), 100 * math.hypot(r["sem"], dense["sem"]),
+            row.append(_cell(k * (r["mean"] - dense["mean"]), k * math.hypot(r["sem"], dense["sem"]),
                              max(r["n"], dense["n"]), signed=True) if r else "")
         body.append(row)
     if not body and dense:
@@ -48,13 +49,14 @@ _STAGE_ORDER = {"pruned": 0, "reconstructed": 1, "retrained": 2}
 
 
 
-def pruning_section(d: Path, st, task_name, metric_label) -> list[tuple]:
-    """Dense / pruned / retrained tables and plots per task."""
+def pruning_section(d: Path, st, task_name, metric_label, scale) -> list[tuple]:
+    """Dense / pruned / retrained tables and plots per task; `scale(task)` is what a task's metric
+    is multiplied by (100: points)."""
     B = []
     if st.prune_rows:
         emas = {r["ema_decay"] for r in st.records if r.get("ema_decay") is not None}
         B += [("h", 2, "Pruning"),
-              ("p", "Digital headline metric (points) of each pruning method and ratio: the dense model, "
+              ("p", "Digital headline metric (points, or as it is for a loss or perplexity) of each pruning method and ratio: the dense model, "
                     "right after pruning, and after retraining with the masks held. Methods are "
                     "<criterion>-<structure> (mac = seed 000 MAC contribution, obs = structured "
                     "Optimal Brain Surgeon (rows the others can least replace by least squares), "
@@ -82,7 +84,7 @@ def pruning_section(d: Path, st, task_name, metric_label) -> list[tuple]:
             f = f"pruning_{_safe(task)}.png"
             base = st.cell.get((task, DIGITAL, None))
             _plot_pruning(d / f, rows_t, base, f"{metric_label(task, st.metric[task])[:-4]} vs prune ratio",
-                          metric_label(task, st.metric[task]))
-            B += [("h", 3, task_name(task)), ("table", *_prune_table(rows_t)),
+                          metric_label(task, st.metric[task]), scale(task))
+            B += [("h", 3, task_name(task)), ("table", *_prune_table(rows_t, scale(task))),
                   ("img", f"{task_name(task)} pruning", f)]
     return B
