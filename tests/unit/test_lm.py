@@ -64,6 +64,17 @@ def test_config_errors_name_the_key(tmp_path):
     assert detokenize_wikitext("a 1 @,@ 000 well @-@ known 3 @.@ 5") == "a 1,000 well-known 3.5"
 
 
+def test_text_files_are_checked_when_the_config_is_read(tmp_path):
+    from analogformer.study.config import load_study_config
+    with pytest.raises(ValueError, match=r"LMDataConfig.text_files: eval: '.*nope.txt' is not a file; give the path"):
+        LMDataConfig(text_files={"eval": str(tmp_path / "nope.txt")})
+    with pytest.raises(ValueError, match=r"data.lm.text_files: the `text` task evaluates your own text and needs"):
+        load_study_config(None, [("tasks", ["text"])])
+    (tmp_path / "e.txt").write_text("some text")
+    cfg = load_study_config(None, [("tasks", ["text"]), ("data.lm.text_files", {"eval": str(tmp_path / "e.txt")})])
+    assert cfg.data.lm.text_files == {"eval": str(tmp_path / "e.txt")}
+
+
 def test_wikitext_folder_splits(tmp_path):
     d = wikitext_dir(tmp_path / "wt2")
     cfg = LMDataConfig(wikitext2_dir=str(d))

@@ -177,6 +177,9 @@ class StudyConfig:
         dup = sorted({c for c in self.conditions if self.conditions.count(c) > 1})
         if dup:
             fail("StudyConfig", "conditions", f"lists {dup} more than once; name each condition once")
+        if any(find_task(t).task.name == "text" for t in self.tasks) and "eval" not in self.data.lm.text_files:
+            fail("StudyConfig", "data.lm.text_files", "the `text` task evaluates your own text and needs its file: "
+                                                      "data: {lm: {text_files: {eval: my_eval.txt, train: my_train.txt}}}")
         if self.generation is not None:
             if not any(find_task(t).task.generates for t in self.tasks):
                 fail("StudyConfig", "generation", f"no task of {list(self.tasks)} generates text; generation "

@@ -67,6 +67,10 @@ class LMDataConfig:
         bad = sorted(set(self.text_files) - {"train", "eval"})
         if bad:
             fail("LMDataConfig", "text_files", f"unknown split(s) {bad}; use train and eval")
+        for split, f in self.text_files.items():
+            if not isinstance(f, (str, Path)) or not Path(f).is_file():
+                fail("LMDataConfig", "text_files", f"{split}: {f!r} is not a file; give the path of a UTF-8 "
+                                                   f"text file (relative to the folder the study runs from)")
 
     @property
     def stride(self) -> int:
