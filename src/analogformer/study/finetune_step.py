@@ -85,7 +85,7 @@ def digital_model(cfg, data, base: nn.Module, tok, out: Path, progress: bool) ->
         logger.info(f"{data.name}: reusing digital checkpoint {path}")
         return load_reused(data, path)
     fcfg = cfg.finetune_for(data.name)
-    logger.info(f"{data.name}: digital fine-tuning ({len(data.train)} examples, {fcfg.epochs} epoch(s), "
+    logger.info(f"{data.name}: digital fine-tuning ({len(data.train)} examples, {fcfg.budget()}, "
          f"lr {fcfg.learning_rate:g}" + (f", best of {cfg.best_of} seeds" if cfg.best_of > 1 else "") + ")")
 
     def train(k: int):
@@ -117,7 +117,7 @@ def hwa_model(cfg, data, base: nn.Module, digital: nn.Module, tok, out: Path, pr
         return load_reused(data, path), ranges
     h = cfg.hwa
     fcfg = hwa_recipe(cfg, data)
-    logger.info(f"{data.name}: HWA fine-tuning ({fcfg.epochs} epoch(s), lr {fcfg.learning_rate:g}, "
+    logger.info(f"{data.name}: HWA fine-tuning ({fcfg.budget()}, lr {fcfg.learning_rate:g}, "
          f"noise {h.recipe.weight_noise} x{h.recipe.weight_noise_scale}"
          + (f", distilled from the digital model w={fcfg.distill_weight:g}" if fcfg.distill_weight > 0 else "")
          + (f", best of {cfg.best_of} seeds on tiles" if cfg.best_of > 1 else "")

@@ -252,7 +252,7 @@ def _retrain(job: StudyPruneJob, held, skip_first: bool):
     only states at the final ratio are candidates."""
     data, fcfg, label, ratio = job.data, job.fcfg, job.label, job.ratio
     seeds = job.cfg.pruning.seeds_at(ratio)
-    logger.info(f"{job.name}: {held.during}retraining {fcfg.epochs} epoch(s)"
+    logger.info(f"{job.name}: {held.during}retraining {fcfg.budget()}"
                 + (f", {seeds} seeds" if seeds > 1 else ""))
     start = copy.deepcopy(job.model) if seeds > 1 else None  # the state every seed starts from
     score = None

@@ -126,6 +126,10 @@ class FinetuneConfig:
     # the options that need `finetune(..., teacher=)` when > 0
     TEACHER_FIELDS: ClassVar[tuple] = ("distill_weight", "distill_hidden_weight", "augment_prob")
 
+    def budget(self) -> str:
+        """The training length for a log line: "3 epoch(s)", or "3 epoch(s), at most 40 steps"."""
+        return f"{self.epochs} epoch(s)" + (f", at most {self.max_steps} steps" if self.max_steps is not None else "")
+
     @property
     def needs_teacher(self) -> bool:
         """Whether `finetune` needs a teacher model (a distillation term or augmentation is on)."""
