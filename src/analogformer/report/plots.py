@@ -42,7 +42,18 @@ def _plot_time(path, series, style, title, ylabel):
     if ax.get_yscale() == "linear" and hi - lo < 1.0:  # avoid magnifying noise below 0.1 point
         mid = (hi + lo) / 2
         ax.set_ylim(mid - 0.5, mid + 0.5)
-    _finish(fig, ax, path, "Time since programming (log scale)", ylabel, title, "condition (± SEM)")
+    _finish(fig, ax, path, "Time since programming (log scale)", ylabel, title,
+            "condition " + _sem_note([v[2] for pts in series.values() for v in pts.values()]))
+
+
+def _sem_note(ns) -> str:
+    """The legend's word on error bars: a point of one device instance / seed has no SEM."""
+    ns = list(ns)
+    if ns and max(ns) <= 1:
+        return "(1 instance each: no SEM)"
+    if ns and min(ns) <= 1:
+        return "(± SEM; none where n = 1)"
+    return "(± SEM)"
 
 
 def _plot_pruning(path, rows, baseline, title, ylabel, factor: float = 100):
@@ -71,7 +82,7 @@ def _plot_pruning(path, rows, baseline, title, ylabel, factor: float = 100):
     if baseline is not None:
         ax.axhline(baseline[0], color="k", ls="--", lw=1.4, label=f"digital ({_cell(*baseline)})")
     _finish(fig, ax, path, "Prune ratio (%)" if scale == 100 else "Prune ratio", ylabel, title,
-            "stage (± SEM)")
+            "stage " + _sem_note([r["n"] for r in rows]))
 
 
 def _finish(fig, ax, path, xlabel, ylabel, title, legend_title) -> None:

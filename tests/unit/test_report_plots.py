@@ -1,4 +1,5 @@
-"""The pruning table shows a loss / perplexity as it is and a score in points (×100)."""
+"""Report tables and plots: a loss / perplexity as it is and a score in points (×100); the legend
+says when a point has no SEM."""
 from analogformer.report.pruning import _prune_table
 
 
@@ -19,3 +20,10 @@ def test_lm_metrics_are_not_multiplied_by_100():
 def test_scores_are_in_points_by_default():
     _, body = _prune_table(_rows())
     assert body[0][2:] == ["325.00", "375.00", "350.00", "+25.00"]
+
+
+def test_legend_says_when_points_have_no_sem():
+    from analogformer.report.plots import _sem_note
+    assert _sem_note([1, 1]) == "(1 instance each: no SEM)"
+    assert _sem_note([1, 3]) == "(± SEM; none where n = 1)"
+    assert _sem_note([2, 3]) == "(± SEM)"
