@@ -297,3 +297,16 @@ def test_merge_of_per_task_folders_equals_one_study(setup, capsys):
     assert main(["merge", str(parts[1]), str(both), "--out", str(root / "out_bad2")]) == 2
     assert "differs between" in capsys.readouterr().err and not (root / "out_bad2").exists()
     assert main(["merge", *map(str, parts), "--out", str(merged)]) == 2  # not empty
+    capsys.readouterr()
+    assert main(["merge", str(parts[0]), str(parts[0]) + "/", "--out", str(root / "out_twice")]) == 2
+    assert f"merge was given the study folder {parts[0].resolve()} more than once" in capsys.readouterr().err
+    assert not (root / "out_twice").exists()
+    assert main(["merge", str(parts[0]), str(parts[1]), "--out", str(parts[1])]) == 2
+    assert "is one of the folders being merged" in capsys.readouterr().err
+    # no lock file comes along; the environment names each source's
+    fresh = root / "out_merged_fresh"
+    assert main(["merge", *map(str, parts), "--out", str(fresh)]) == 0
+    assert (parts[0] / ".lock").exists() and not (fresh / ".lock").exists()
+    env = json.loads((fresh / "environment.json").read_text())
+    assert env["merged from"] == f"{parts[0]}, {parts[1]}"
+    assert {f"environment of {p}" for p in parts} <= set(env)

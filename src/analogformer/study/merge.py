@@ -6,7 +6,9 @@ their union. Records are united by `record_key`; a key present in several source
 carry the same metrics (the runs are seeded record by record, so the same config gives the
 same record), otherwise nothing is written. Checkpoints are hard-linked (copied where
 links are impossible), top-level files (figures, tables) copied; the first source wins
-where two hold the same file.
+where two hold the same file. A source given twice, or the output among the sources, is
+refused; the sources' lock files are not copied, and `environment.json` holds each source's
+environment (the machines and versions that made its records).
 The report is rebuilt at the end, and the merged folder resumes like any study folder.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .records import RecordLog, record_key
 # what a resumed study may add to, plus per-condition time subsets (which follow conditions)
 _GROWABLE = tuple(tuple(k.split(".")) for k in EXTENDABLE) + (("sweep", "times_per_condition"),)
 _REBUILT = {"results.jsonl", "config.yaml", "results.json", "summary.csv", "report.md",
-            "report.html", "artifacts.json"}
+            "report.html", "artifacts.json", "environment.json", ".lock"}
 
 
 def _pop(cfg: dict, path) -> object:
@@ -100,6 +102,15 @@ def merge_studies(sources: Sequence[str | Path], out: str | Path) -> Path:
     out = Path(out)
     if len(sources) < 2:
         raise ValueError("merge needs at least two study folders")
+    seen: Dict[Path, Path] = {}
+    for s in sources:
+        real = s.resolve()
+        if real in seen:
+            raise ValueError(f"merge was given the study folder {real} more than once (as {seen[real]} and "
+                             f"{s}); name each folder once")
+        seen[real] = s
+    if out.resolve() in seen:
+        raise ValueError(f"--out {out} is one of the folders being merged; merge writes a new folder")
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty: merge writes a new folder (choose another --out)")
     config = _merged_config(sources)
@@ -131,4 +142,9 @@ def merge_studies(sources: Sequence[str | Path], out: str | Path) -> Path:
                 artifacts.setdefault(title, name)
     if artifacts:
         (out / "artifacts.json").write_text(json.dumps(artifacts, indent=1))
+    envs = {f"environment of {s}": json.loads((s / "environment.json").read_text(encoding="utf-8"))
+            for s in sources if (s / "environment.json").is_file()}
+    if envs:
+        (out / "environment.json").write_text(json.dumps(
+            {"merged from": ", ".join(map(str, sources)), **envs}, indent=1))
     return build_report(out)
