@@ -297,6 +297,13 @@ def _extras(d: Path) -> list[tuple]:
             B.append(("img", "tile mapping", "tiles.png"))
     if (d / "energy.md").is_file():
         B += [("h", 2, "Attention energy"), ("md", (d / "energy.md").read_text(encoding="utf-8"))]
+    for md in sorted(d.glob("diagnosis/*/diagnosis.md")):  # `analogformer diagnose` run on this study
+        rel = md.parent.relative_to(d).as_posix()
+        text = md.read_text(encoding="utf-8").replace("](diagnosis.png)", f"]({rel}/diagnosis.png)")
+        text = re.sub(r"^(#{1,6}) ", lambda m: "#" * min(6, len(m[1]) + 2) + " ", text, flags=re.M)
+        B += [("h", 2, f"Diagnosis: {task_name(md.parent.name)}"),
+              ("p", f"What each non-ideality costs, from `analogformer diagnose` on this study "
+                    f"(records and figure in `{rel}/`)."), ("md", text)]
     if (d / "artifacts.json").is_file():
         try:
             arts = json.loads((d / "artifacts.json").read_text(encoding="utf-8"))
