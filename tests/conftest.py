@@ -36,6 +36,38 @@ def tiny(family: str):
 FAMILIES = ["bert", "albert", "distilbert", "mobilebert", "gpt2", "llama"]
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (tiny tensors: a second thread only adds contention, up to
+    100x slower on a loaded machine); a module opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def logit_mse_setup(model, rows: int):
+    """One batch of `rows` random-token rows for `model`, 16×16 tiles with fresh output-noise
+    draws (no 32 MiB pool per device instance), and a metric with an exact zero: the mean
+    squared difference of the logits from the model's as given (lower is better)."""
+    import analogformer as af
+
+    g = torch.Generator().manual_seed(0)
+    batch = dict(input_ids=torch.randint(5, 99, (rows, 12), generator=g),
+                 attention_mask=torch.ones(rows, 12, dtype=torch.long))
+    with torch.no_grad():
+        ref = model(**batch).logits
+
+    def mse(m):
+        with torch.no_grad():
+            return float(((m(**batch).logits - ref) ** 2).mean())
+    cfg = af.AnalogConfig()
+    cfg.tile.rows = cfg.tile.cols = 16
+    cfg.adc.noise_pool_size = None
+    return batch, cfg, mse
+
+
 def main_output(out):
     return out.logits if hasattr(out, "logits") and out.logits is not None else out.last_hidden_state
 

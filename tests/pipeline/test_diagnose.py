@@ -13,7 +13,7 @@ from analogformer.cli import main
 from analogformer.diagnose import EFFECTS, build_rows, diagnose, ideal_config, write_report
 from analogformer.diagnose.effects import only_config
 from analogformer.study.records import RecordLog
-from conftest import tiny
+from conftest import logit_mse_setup, tiny
 from study_fixtures import _config, setup  # noqa: F401 (fixture)
 
 
@@ -21,18 +21,7 @@ def _toy():
     """A tiny BERT, one batch, 16×16 tiles, and a metric with an exact zero: the mean squared
     difference of the logits from the digital model's (lower is better)."""
     model = tiny("bert")
-    g = torch.Generator().manual_seed(0)
-    batch = dict(input_ids=torch.randint(5, 99, (6, 12), generator=g), attention_mask=torch.ones(6, 12, dtype=torch.long))
-    with torch.no_grad():
-        ref = model(**batch).logits
-
-    def mse(m):
-        with torch.no_grad():
-            return float(((m(**batch).logits - ref) ** 2).mean())
-    cfg = af.AnalogConfig()
-    cfg.tile.rows = cfg.tile.cols = 16
-    cfg.adc.noise_pool_size = None  # fresh draws: no 32 MiB pool per device instance in a tiny test
-    return model, batch, cfg, mse
+    return (model, *logit_mse_setup(model, 6))
 
 
 def _records(path):

@@ -20,7 +20,7 @@ from analogformer.sensitivity.modes import MODES
 from analogformer.sensitivity.run import exclude_config, mixed_mapping, sensitivity, tiles_of
 from analogformer.study.config import load_study_config
 from analogformer.study.records import RecordLog
-from conftest import tiny
+from conftest import logit_mse_setup, tiny
 from study_fixtures import _config, setup  # noqa: F401 (fixture)
 
 FRAGILE = "bert.encoder.layer.1.intermediate.dense"
@@ -38,18 +38,7 @@ def _toy(fragile=True):
             w[3, 5] = 400 * w.pow(2).mean().sqrt()
             # the outlier unit feeds nothing: only the layer's own weights are fragile, not its outputs
             model.get_submodule("bert.encoder.layer.1.output.dense").weight[:, 3] = 0.0
-    g = torch.Generator().manual_seed(0)
-    batch = dict(input_ids=torch.randint(5, 99, (8, 12), generator=g), attention_mask=torch.ones(8, 12, dtype=torch.long))
-    with torch.no_grad():
-        ref = model(**batch).logits
-
-    def mse(m):
-        with torch.no_grad():
-            return float(((m(**batch).logits - ref) ** 2).mean())
-    cfg = af.AnalogConfig()
-    cfg.tile.rows = cfg.tile.cols = 16
-    cfg.adc.noise_pool_size = None
-    return model, batch, cfg, mse
+    return (model, *logit_mse_setup(model, 8))
 
 
 def test_layers_cover_analog_matrices_embeddings_and_head():

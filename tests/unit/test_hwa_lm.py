@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 import transformers as tf
-from torch.utils.data import DataLoader
 
 import analogformer as af
 from analogformer.nn.convert import analog_layers
@@ -22,12 +21,7 @@ from analogformer.training.train_state import STATE_FILE
 VOCAB = 40
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_lm(family="llama", seed=0):

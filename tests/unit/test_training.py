@@ -17,13 +17,7 @@ from analogformer.training import (OUTPUT_SCALE, HWAConfig, clip_weights, hwa_af
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors: a second thread only adds contention (100x slower on a loaded machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 NOISE_ONLY = dict(clip=None, input_range_init=None, learn_input_ranges=False)

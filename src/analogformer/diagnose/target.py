@@ -175,12 +175,21 @@ def command(target: str, task: Optional[str], out: Optional[str], times: str, re
         if bad or not names:
             raise ValueError(f"--effects {effects!r}: unknown {bad}; choose from {', '.join(EFFECTS)}")
     t = load_target(target, task, config, glue_dir, overrides)
+    out, setup = output_and_setup(t, target, out, config, overrides, "diagnosis")
+    return run_diagnose(t, out, times_s, repeats, progress, setup, names)
+
+
+def output_and_setup(t, target: str, out: Optional[str], config: Optional[str], overrides,
+                     kind: str) -> tuple:
+    """(output folder, one line saying where the settings came from) of a measurement command
+    (`kind`: "diagnosis", "sensitivity") on a loaded target: a study YAML defaults to
+    <output_dir>/<kind>/<task>; a model folder needs --out."""
     if out is None:
         if not Path(target).is_file():
-            raise ValueError("--out is needed when TARGET is a model folder (a study YAML defaults to "
-                             "<output_dir>/diagnosis/<task>)")
-        out = str(Path(t.cfg.output_dir) / "diagnosis" / t.task)
+            raise ValueError(f"--out is needed when TARGET is a model folder (a study YAML defaults to "
+                             f"<output_dir>/{kind}/<task>)")
+        out = str(Path(t.cfg.output_dir) / kind / t.task)
     setup = f"study {target}" if Path(target).is_file() else (f"study {config}" if config else "defaults")
     if overrides:
         setup += " with " + " ".join(f"--set {o}" if isinstance(o, str) else f"--set {o[0]}={o[1]}" for o in overrides)
-    return run_diagnose(t, Path(out), times_s, repeats, progress, setup, names)
+    return Path(out), setup

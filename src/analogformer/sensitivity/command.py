@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..diagnose.report import config_summary
-from ..diagnose.target import Target, load_target, measurement_folder
+from ..diagnose.target import Target, load_target, measurement_folder, output_and_setup
 from ..logs import get_logger
 from ..report.format import time_label
 from ..study.data import TaskData
@@ -71,12 +71,5 @@ def command(target: str, task: Optional[str] = None, out: Optional[str] = None, 
     if bad:
         raise ValueError(f"sensitivity: unknown options {bad}; known: {list(asdict(scfg))}")
     scfg = replace(scfg, **given)  # validated again by __post_init__
-    if out is None:
-        if not Path(target).is_file():
-            raise ValueError("--out is needed when TARGET is a model folder (a study YAML defaults to "
-                             "<output_dir>/sensitivity/<task>)")
-        out = str(Path(t.cfg.output_dir) / "sensitivity" / t.task)
-    setup = f"study {target}" if Path(target).is_file() else (f"study {config}" if config else "defaults")
-    if overrides:
-        setup += " with " + " ".join(f"--set {o}" if isinstance(o, str) else f"--set {o[0]}={o[1]}" for o in overrides)
-    return run_sensitivity(t, scfg, Path(out), progress, setup)
+    out, setup = output_and_setup(t, target, out, config, overrides, "sensitivity")
+    return run_sensitivity(t, scfg, out, progress, setup)
