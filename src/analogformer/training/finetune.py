@@ -10,7 +10,9 @@ logits; with ``distill_hidden_weight > 0`` one on every transformer layer's outp
 distillation, as TinyBERT / CoFi pruning use to recover pruned models); with
 ``augment_prob > 0`` the same distillation terms also run on a token-replaced copy of every
 batch, so the student learns the teacher's function on inputs the teacher has not
-memorised (the losses and the augmentation are in ``distill.py``).
+memorised (the losses and the augmentation are in ``distill.py``). Under ``torchrun`` (a
+process group of several processes) it trains data-parallel: each process takes its share of
+every batch and the gradients are summed over the processes (``distributed.py``).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .averaging import WeightAverage
 from .checkpoint import device_of as _device_of, nonfinite_parameters, predict, save_checkpoint, to_device as _to
+from .distributed import Ranks, examples as _examples
 from .distill import augment_tokens, distillation_loss, hidden_distillation_loss, output_distillation_loss
 from .finetune_config import FinetuneConfig
 from .train_state import load_train_state, save_train_state
@@ -112,6 +115,12 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
     ``cfg.seed``. ``state_dir`` (required by ``cfg.checkpoint_every``) is the folder of the
     training-state checkpoints (`train_state.py`): a run given a folder holding a state resumes
     from it, and the state is left there (a finished run resumed returns at once).
+
+    With an initialised `torch.distributed` process group of N > 1 processes every process
+    passes the same loader and recipe; each trains on its share of every batch (the loader's
+    batch is the global one), the gradients are summed over the processes, the random draws
+    are seeded per process (rank 0 draws what one process draws), ``score`` runs on rank 0 only
+    and the training state is written by rank 0 (docs/distributed.md).
     """
     augment = cfg.augment_prob > 0
     for name in FinetuneConfig.TEACHER_FIELDS:
@@ -129,8 +138,12 @@ def finetune(model: nn.Module, train_loader: Iterable[dict[str, torch.Tensor]],
                          "finetune(..., score=lambda m: dev metric) or set eval_every: null")
     if cfg.needs_teacher:
         teacher.eval()
-    torch.manual_seed(cfg.seed)
-    loop = _Loop(model, train_loader, cfg, after_step, extra_loss, teacher, score, special_ids, higher_is_better)
+    ranks = Ranks.current(_device_of(model))
+    ranks.check_loader(train_loader)
+    ranks.broadcast_module(model)  # every process starts from rank 0's model (and weight average)
+    torch.manual_seed(ranks.seed(cfg.seed))
+    loop = _Loop(model, train_loader, cfg, after_step, extra_loss, teacher, score, special_ids, higher_is_better,
+                 ranks)
     return loop.run(progress, None if state_dir is None else Path(state_dir))
 
 
@@ -140,7 +153,7 @@ class _Loop:
     optimizer step."""
 
     def __init__(self, model, train_loader, cfg: FinetuneConfig, after_step, extra_loss, teacher, score,
-                 special_ids, higher_is_better: bool):
+                 special_ids, higher_is_better: bool, ranks: Ranks = Ranks()):
         self.model, self.loader, self.cfg = model, train_loader, cfg
         self.after_step, self.extra_loss, self.teacher, self.score = after_step, extra_loss, teacher, score
         self.higher_is_better = higher_is_better
@@ -152,9 +165,10 @@ class _Loop:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            _linear_warmup_decay(self.total, warmup))
         self.device = _device_of(model)
+        self.ranks = ranks
         self.history = FinetuneHistory()
         self.best: dict = {}
-        self.aug_gen = torch.Generator().manual_seed(cfg.seed) if self.augment else None
+        self.aug_gen = torch.Generator().manual_seed(ranks.seed(cfg.seed)) if self.augment else None
         self.special = list(special_ids) if self.augment else []
         self.ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay is not None else None
 
@@ -175,7 +189,7 @@ class _Loop:
         # with weight averaging the averaged weights are the candidate: scored and kept
         with self.ema.swapped() if self.ema is not None else contextlib.nullcontext():
             rng = torch.get_rng_state()
-            value = self.score(model)
+            value = self.ranks.on_main(self.score, model)  # one evaluation, the same decision everywhere
             torch.set_rng_state(rng)
             model.train()
             if value is None:
@@ -216,20 +230,26 @@ class _Loop:
     def step(self, batches: list[dict]) -> float:
         """One optimizer step on the gradients of `batches` (one, or the micro-batches of a
         gradient-accumulation step, each weighted by its share of the examples); returns the
-        step's loss (the same weighted sum)."""
-        cfg, model = self.cfg, self.model
+        step's loss (the same weighted sum). Data-parallel, each process computes its share of
+        every batch, weighted by that share, and the gradients and losses are summed."""
+        cfg, model, ranks = self.cfg, self.model, self.ranks
         sizes = [_examples(b) for b in batches]
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0 if len(batches) > 1 else None
         for batch, n in zip(batches, sizes):
             weight = 1.0 if len(batches) == 1 else n / sum(sizes)
-            loss = self.loss(batch)
+            part = _to(ranks.shard(batch), self.device)
+            share = _examples(part) / n  # 1 in one process
+            mine = self.loss(part)
+            loss = ranks.average(mine, share)
             if not torch.isfinite(loss.detach()).all():
                 raise _nonfinite_loss(model, loss, len(self.history.losses) + 1, self.total)
-            (loss * weight if weight != 1.0 else loss).backward()
+            w = weight * share
+            (mine * w if w != 1.0 else mine).backward()
             if self.augment:
-                loss = loss.detach() + self.augmented_loss(batch, weight)
+                loss = loss.detach() + ranks.average(self.augmented_loss(part, w), share)
             total = loss.detach() if total is None else total + weight * loss.detach()
+        ranks.reduce_gradients(p for group in self.optimizer.param_groups for p in group["params"])
         if cfg.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         self.history.learning_rates.append(self.scheduler.get_last_lr()[0])
@@ -260,7 +280,8 @@ class _Loop:
         # a resumed run goes through the data up to where the state was saved without training,
         # so the loader's own generator draws the same orders, then takes the RNG states it had
         skip_to = None if resumed is None else tuple(resumed["position"])  # (epoch, batches consumed ≥ 1)
-        bar = tqdm(total=total, initial=history.steps, desc="fine-tune", disable=not progress, leave=False)
+        bar = tqdm(total=total, initial=history.steps, desc="fine-tune", disable=not (progress and self.ranks.main),
+                   leave=False)
         epoch = 0
         while history.steps < total:
             micro: list[dict] = []
@@ -270,7 +291,7 @@ class _Loop:
                         self._restore_rng(resumed)
                         skip_to = None
                     continue
-                micro.append(_to(batch, self.device))
+                micro.append(batch)  # moved by `step`, after taking this process's share
                 if len(micro) == k:
                     history.losses.append(self.step(micro))
                     micro = []
@@ -293,16 +314,10 @@ class _Loop:
 
     def _restore_rng(self, state: dict) -> None:
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         if self.aug_gen is not None:
             self.aug_gen.set_state(state["aug_rng"])
-
-
-def _examples(batch: dict) -> int:
-    """The number of examples of a batch (its first tensor's leading dimension)."""
-    for key in ("input_ids", "labels", "pixel_values"):
-        if torch.is_tensor(batch.get(key)):
-            return int(batch[key].shape[0])
-    return int(next(v for v in batch.values() if torch.is_tensor(v)).shape[0])
 
 
 def _nonfinite_loss(model: nn.Module, loss: torch.Tensor, step: int, total: int) -> FloatingPointError:

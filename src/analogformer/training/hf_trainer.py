@@ -9,7 +9,9 @@
     trainer.train(); remove_hwa(model)
 
 `HWACallback` clips the weights and keeps DAC ranges positive after every optimizer step (what
-`hwa_after_step` does in `finetune`); `DistillationTrainer` is a `Trainer` whose loss is
+`hwa_after_step` does in `finetune`) and, under `torchrun` / `accelerate launch`, seeds each process's
+noise draws apart (the Trainer seeds every process alike; its DDP sums the gradients of every
+Parameter, DAC ranges included, so the weights, ranges and clipping stay identical); `DistillationTrainer` is a `Trainer` whose loss is
 (1 − w)·task loss + w·T²·KL(teacher ‖ student), per token for language models
 (`distill.output_distillation_loss`). The classes are built on first use, so importing analogformer
 does not import the Trainer.
@@ -33,15 +35,28 @@ def trainer_classes() -> dict:
         from transformers import Trainer, TrainerCallback
     except ImportError as err:  # transformers is optional for plain PyTorch models
         raise ImportError("HWACallback and DistillationTrainer need transformers (`pip install transformers`)") from err
+    from .distributed import Ranks
     from .hwa import hwa_after_step
 
     class HWACallback(TrainerCallback):
         """HF `Trainer` callback: clips weights and keeps DAC ranges positive after every
         optimizer step. Give the Trainer `optimizers=(AdamW(param_groups(...)), None)`
-        to train the ranges at their own learning rate."""
+        to train the ranges at their own learning rate.
+
+        With several processes it reseeds the global torch RNG (the HWA weight noise, ADC
+        output-noise offsets, dropout) of every rank but 0 at the start of training with
+        `Ranks.seed(args.seed)`: the Trainer seeds all processes with `args.seed`, so they would
+        otherwise draw the same noise. Rank 0 keeps its draws (those of a single process); a
+        resumed Trainer restores each rank's saved RNG state after this."""
 
         def __init__(self, hwa_cfg):
             self.after_step = hwa_after_step(hwa_cfg)
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            ranks = Ranks.current()
+            if ranks.rank > 0:
+                torch.manual_seed(ranks.seed(args.seed))
+            return control
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if model is not None:
