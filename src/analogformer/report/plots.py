@@ -1,6 +1,8 @@
 """Plots of the study report: metric vs time since programming, pruning stages."""
 from __future__ import annotations
 
+import textwrap
+
 from .format import _base, _cell, _ordered, condition_label, time_label
 
 _DPI = 150
@@ -43,7 +45,7 @@ def _plot_time(path, series, style, title, ylabel):
         mid = (hi + lo) / 2
         ax.set_ylim(mid - 0.5, mid + 0.5)
     _finish(fig, ax, path, "Time since programming (log scale)", ylabel, title,
-            "condition " + _sem_note([v[2] for pts in series.values() for v in pts.values()]))
+            "condition " + _sem_note([v[2] for pts in series.values() for t, v in pts.items() if t is not None]))
 
 
 def _sem_note(ns) -> str:
@@ -91,7 +93,7 @@ def _finish(fig, ax, path, xlabel, ylabel, title, legend_title) -> None:
 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    fig.suptitle(textwrap.fill(title, 95))  # over the whole figure: a long title is not cut off by the legend
     ax.grid(True, alpha=0.35)
     ax.legend(title=legend_title, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.savefig(path, dpi=_DPI)
