@@ -1,4 +1,4 @@
-"""A tiny SQuAD study end to end (digital fine-tune, HWA, analog ± compensation over time,
+"""A tiny SQuAD study end to end (digital fine-tune, HWA with distillation, analog ± compensation over time,
 INT6 attention, report) on a tiny random BERT QA model and a synthetic SQuAD folder; resume after an
 interruption gives the same records."""
 import json
@@ -47,13 +47,13 @@ def squad_setup(tmp_path_factory):
     return root
 
 
-@pytest.mark.slow  # ~35 s of CPU (two fine-tunes, 13 evaluations, twice)
-def test_squad_study_end_to_end_and_resume(squad_setup):
+def test_squad_study_end_to_end_and_resume(squad_setup):  # ~35 s of CPU: two fine-tunes, 13 evaluations, twice
     root = squad_setup
     cfg = {"model": str(root / "tiny-bert-qa"), "tasks": ["squad"], "seed": 0,
            "data": {"squad_dir": str(root / "squad"), "max_length": 24, "doc_stride": 6},
            "finetune": {"epochs": 10, "batch_size": 16, "learning_rate": 5e-3},
-           "hwa": {"finetune": {"epochs": 1, "learning_rate": 1e-3}},
+           # HWA distils start/end logits from the digital model beside the QA loss
+           "hwa": {"finetune": {"epochs": 1, "learning_rate": 1e-3, "distill_weight": 0.5}},
            "analog": {"tile": {"rows": 16, "cols": 16}},
            "sweep": {"times_seconds": [1, 2592000], "repeats": 2, "calibration_batches": 2, "eval_batch_size": 8,
                      "times_per_condition": {"hwa-int6": [2592000]}},
