@@ -141,7 +141,7 @@ def test_cli_on_a_study_yaml_uses_its_checkpoint_or_says_it_has_none(setup, stud
     at = blocks.index(("h", 2, "Diagnosis: SST-2"))
     md = blocks[at + 2][1]
     assert blocks[at + 2][0] == "md" and "](diagnosis/sst2/diagnosis.png)" in md
-    assert md.startswith("### ") and "\n# " not in md and "\n## " not in md
+    assert md.startswith("Model: ") and "\n# " not in md and "\n## " not in md and "\n#### At " in md
     fresh = _config(root, glue, model_dir, tasks=["sst2"], output_dir=str(root / "never-run"))
     assert main(["diagnose", str(fresh), "--times", "1", "--repeats", "1", "--effects", "dac", "--no-progress"]) == 0
     assert "NOT fine-tuned for sst2" in capsys.readouterr().out

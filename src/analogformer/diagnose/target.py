@@ -90,6 +90,9 @@ def load_target(target: str, task: Optional[str] = None, config: Optional[str] =
         if checkpoint_saved(ckpt):
             return _load(cfg, name, ckpt, True, f"the study's fine-tuned checkpoint {ckpt}")
         source = Path(cfg.model or default_model_path())
+        if not find_task(name).task.digital_finetune:  # e.g. a causal LM: evaluated as pre-trained
+            return _load(cfg, name, source, True, f"the config's model {cfg.model or source} (the {name} task "
+                                                  "evaluates the pre-trained model; it is not fine-tuned)")
         return _load(cfg, name, source, False,
                      f"the config's model {cfg.model or source} — NOT fine-tuned for {name} (no checkpoint in {ckpt}; "
                      "run `analogformer study` first): its task head is untrained, so the headline is near chance")

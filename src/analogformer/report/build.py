@@ -300,6 +300,7 @@ def _extras(d: Path) -> list[tuple]:
     for md in sorted(d.glob("diagnosis/*/diagnosis.md")):  # `analogformer diagnose` run on this study
         rel = md.parent.relative_to(d).as_posix()
         text = md.read_text(encoding="utf-8").replace("](diagnosis.png)", f"]({rel}/diagnosis.png)")
+        text = re.sub(r"^# [^\n]*\n+", "", text, count=1)  # its title: the section heading below names it
         text = re.sub(r"^(#{1,6}) ", lambda m: "#" * min(6, len(m[1]) + 2) + " ", text, flags=re.M)
         B += [("h", 2, f"Diagnosis: {task_name(md.parent.name)}"),
               ("p", f"What each non-ideality costs, from `analogformer diagnose` on this study "
