@@ -16,27 +16,27 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def _prune_table(rows, k: float = 100):
+def _prune_table(rows, factor: float = 100):
     """Rows (method, prune ratio) × columns dense / after pruning / after retraining / Δ; values
-    × `k` (100: scores in points; 1: a loss or perplexity as it is)."""
+    × `factor` (100: scores in points; 1: a loss or perplexity as it is)."""
     dense = next((r for r in rows if r["stage"] == "dense"), None)
     others = [r for r in rows if r["stage"] != "dense"]
     stages = sorted(_ordered(others, "stage"), key=lambda s: (_STAGE_ORDER.get(s, len(_STAGE_ORDER)), str(s)))
     keys = _ordered([dict(k=(_base(r), r["prune_ratio"])) for r in others], "k")
     methods = _ordered([{"c": k[0]} for k in keys], "c")
     cells = {(_base(r), r["prune_ratio"], r["stage"]): r for r in others}
-    d_cell = _cell(k * dense["mean"], k * dense["sem"], dense["n"]) if dense else ""
+    d_cell = _cell(factor * dense["mean"], factor * dense["sem"], dense["n"]) if dense else ""
     delta = dense is not None and "retrained" in stages
     header = (["method", "prune ratio", "dense"] + [_STAGE_NAMES.get(s, str(s or "—")) for s in stages]
               + (["retrained − dense"] if delta else []))
     body = []
-    for c, x in sorted(keys, key=lambda key: (key[1], methods.index(key[0]))):
+    for c, x in sorted(keys, key=lambda k: (k[1], methods.index(k[0]))):
         row = [c.removeprefix("prune-"), f"{x:g}", d_cell] + [
-            _cell(k * cells[(c, x, s)]["mean"], k * cells[(c, x, s)]["sem"], cells[(c, x, s)]["n"])
+            _cell(factor * cells[(c, x, s)]["mean"], factor * cells[(c, x, s)]["sem"], cells[(c, x, s)]["n"])
             if (c, x, s) in cells else "" for s in stages]
         if delta:
             r = cells.get((c, x, "retrained"))
-            row.append(_cell(k * (r["mean"] - dense["mean"]), k * math.hypot(r["sem"], dense["sem"]),
+            row.append(_cell(factor * (r["mean"] - dense["mean"]), factor * math.hypot(r["sem"], dense["sem"]),
                              max(r["n"], dense["n"]), signed=True) if r else "")
         body.append(row)
     if not body and dense:

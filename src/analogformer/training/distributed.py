@@ -41,19 +41,17 @@ __all__ = ["Ranks", "examples"]
 _BUCKET = 1 << 24  # elements per collective when gradients or weights are sent as one flat tensor
 
 
-def examples(batch: dict) -> int:
-    """The number of examples of a batch (its first tensor's leading dimension)."""
-    for key in ("input_ids", "labels", "pixel_values"):
-        if torch.is_tensor(batch.get(key)):
-            return int(batch[key].shape[0])
-    return int(next(v for v in batch.values() if torch.is_tensor(v)).shape[0])
-
-
 def _key_tensor(batch: dict) -> torch.Tensor:
+    """The tensor that stands for a batch: input_ids, labels or pixel_values, else its first tensor."""
     for key in ("input_ids", "labels", "pixel_values"):
         if torch.is_tensor(batch.get(key)):
             return batch[key]
     return next(v for v in batch.values() if torch.is_tensor(v))
+
+
+def examples(batch: dict) -> int:
+    """The number of examples of a batch (its key tensor's leading dimension)."""
+    return int(_key_tensor(batch).shape[0])
 
 
 def _buckets(tensors: List[torch.Tensor]) -> Iterable[List[torch.Tensor]]:
